@@ -1,0 +1,238 @@
+//! Index benchmarks (issue: core engine). Prints figures, writes `target/bench/index.json` and the
+//! index section of BENCHMARKS.md. Run: `cargo bench --bench index` (release build).
+//!
+//! 1. Retrieval quality on ../shared/datasets/clothing-small: leave-one-out precision@10 by
+//!    category with exact cosine search vs through the index (3 segments, merged search).
+//! 2. Recall@10 of the merged multi-segment search against exact search at 10k and 100k items
+//!    (real embeddings + Gaussian noise), for several search_k factors; latency p50/p99; bytes/item.
+//! 3. `lookalike index` on clothing-small: images/s and peak memory (child rusage).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lookalike::index::segment::{BuildParams, ItemRecord};
+use lookalike::index::{writer, Index, ModelRef};
+use lookalike::model::encoder::Encoder;
+use lookalike::preprocess::Limits;
+use lookalike::store::LocalStore;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
+
+const DATASET: &str = "../shared/datasets/clothing-small";
+const MODEL: &str = ".lookalike/model";
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = dot(&v, &v).sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Exact top-k by cosine (vectors are unit norm), excluding `skip`.
+fn exact_topk(base: &[Vec<f32>], q: &[f32], k: usize, skip: Option<usize>) -> Vec<usize> {
+    let mut scored: Vec<(f32, usize)> =
+        base.iter().enumerate().filter(|(i, _)| Some(*i) != skip).map(|(i, v)| (dot(v, q), i)).collect();
+    scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
+    scored.truncate(k);
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+fn dataset_images() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(DATASET).sort_by_file_name().into_iter().flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
+            let key = p.strip_prefix(DATASET).unwrap().to_string_lossy().into_owned();
+            out.push((key, p.to_path_buf()));
+        }
+    }
+    out
+}
+
+fn record(key: &str) -> ItemRecord {
+    ItemRecord {
+        key: key.to_string(),
+        source: "bench".into(),
+        etag: "e".into(),
+        size: 0,
+        category: lookalike::catalog::category_of(key).to_string(),
+        metadata: Default::default(),
+    }
+}
+
+async fn build_index(model: &ModelRef, items: Vec<(ItemRecord, Vec<f32>)>, segments: usize) -> (Index, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
+    let index = Index::open(store, &dir.path().join("cache"), Some(model.clone())).await.unwrap();
+    let per = items.len().div_ceil(segments);
+    let mut items = items;
+    while !items.is_empty() {
+        let rest = items.split_off(per.min(items.len()));
+        writer::append(&index, model, items, &[], BuildParams::default()).await.unwrap();
+        items = rest;
+    }
+    index.refresh().await.unwrap();
+    (index, dir)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let mut report = serde_json::Map::new();
+    let mut md = String::new();
+    if !Path::new(DATASET).is_dir() || !Path::new(MODEL).join("encoder.onnx").exists() {
+        println!("SKIPPED: needs {DATASET} and an imported model in {MODEL} (run scripts/demo.sh first)");
+        return;
+    }
+    let encoder = Encoder::load(Path::new(MODEL)).unwrap();
+    let model = ModelRef { id: encoder.model_id().to_string(), dims: encoder.dims() };
+    let images = dataset_images();
+    let t = Instant::now();
+    let vectors: Vec<Vec<f32>> = images
+        .par_iter()
+        .map(|(_, p)| encoder.encode_image(&std::fs::read(p).unwrap(), &Limits::default()).unwrap())
+        .collect();
+    println!("encoded {} images in {:.1} s", vectors.len(), t.elapsed().as_secs_f64());
+    let cats: Vec<String> = images.iter().map(|(k, _)| lookalike::catalog::category_of(k).to_string()).collect();
+
+    // 1. Leave-one-out precision@10: exact vs through the index.
+    let exact_p10: f64 = (0..vectors.len())
+        .map(|i| {
+            let top = exact_topk(&vectors, &vectors[i], 10, Some(i));
+            top.iter().filter(|&&j| cats[j] == cats[i]).count() as f64 / 10.0
+        })
+        .sum::<f64>()
+        / vectors.len() as f64;
+    let items: Vec<_> = images.iter().zip(&vectors).map(|((k, _), v)| (record(k), v.clone())).collect();
+    let (index, _dir) = build_index(&model, items, 3).await;
+    let snap = index.snapshot();
+    let index_p10: f64 = images
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| {
+            let r = lookalike::query::by_key(&snap, key, 10, None).unwrap();
+            r.results.iter().filter(|h| h.category == cats[i]).count() as f64 / 10.0
+        })
+        .sum::<f64>()
+        / images.len() as f64;
+    println!("clothing-small leave-one-out P@10: exact {exact_p10:.3}, through the index (3 segments) {index_p10:.3}");
+    report.insert("clothing_p10_exact".into(), exact_p10.into());
+    report.insert("clothing_p10_index".into(), index_p10.into());
+    md += &format!(
+        "Leave-one-out precision@10 by category on clothing-small ({} photos, {}-d EfficientNet-Lite0 embeddings):\n\n\
+         | search | P@10 |\n| --- | --- |\n| exact cosine | {exact_p10:.3} |\n| through the index (3 segments, merged) | {index_p10:.3} |\n\n",
+        images.len(),
+        model.dims
+    );
+    drop(snap);
+    drop(index);
+
+    // 2. Recall@10 at scale.
+    md += "Recall@10 of the merged multi-segment search against exact cosine search. Items are the real \
+           embeddings plus Gaussian noise (σ = 0.02 per dimension, renormalised); queries are fresh noisy \
+           copies. 200 queries, one thread each, k = 10.\n\n\
+           | items | segments | search_k factor | recall@10 | p50 ms | p99 ms | bytes/item | build s |\n\
+           | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    let mut scale = Vec::new();
+    for (n, segments) in [(10_000usize, 4usize), (100_000, 5)] {
+        let mut rng = StdRng::seed_from_u64(n as u64);
+        let mut noisy = |rng: &mut StdRng, base: &[f32]| -> Vec<f32> {
+            unit(base.iter().map(|x| x + 0.02 * gaussian(rng)).collect())
+        };
+        let base: Vec<Vec<f32>> = (0..n).map(|i| noisy(&mut rng, &vectors[i % vectors.len()])).collect();
+        let queries: Vec<Vec<f32>> =
+            (0..200).map(|_| noisy(&mut rng, &vectors[rng.random_range(0..vectors.len())])).collect();
+        let truth: Vec<Vec<usize>> = queries.par_iter().map(|q| exact_topk(&base, q, 10, None)).collect();
+        let items: Vec<_> = base.iter().enumerate().map(|(i, v)| (record(&format!("c/{i}.jpg")), v.clone())).collect();
+        let t = Instant::now();
+        let (index, _dir) = build_index(&model, items, segments).await;
+        let build_s = t.elapsed().as_secs_f64();
+        drop(base);
+        let snap = index.snapshot();
+        let bytes_per_item = snap.manifest.total_bytes() as f64 / n as f64;
+        for factor in [5usize, 15, 40] {
+            let mut lat = Vec::new();
+            let mut hits = 0usize;
+            for (q, t_ids) in queries.iter().zip(&truth) {
+                let t = Instant::now();
+                let res = snap.search_with(q, 10, None, None, factor).unwrap();
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                let want: std::collections::HashSet<String> = t_ids.iter().map(|i| format!("c/{i}.jpg")).collect();
+                hits += res.iter().filter(|h| want.contains(&h.record.key)).count();
+            }
+            lat.sort_by(f64::total_cmp);
+            let recall = hits as f64 / (10.0 * queries.len() as f64);
+            let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+            println!(
+                "{n} items / {segments} segments, search_k factor {factor}: recall@10 {recall:.3}, p50 {p50:.2} ms, p99 {p99:.2} ms, {bytes_per_item:.0} bytes/item, build {build_s:.1} s"
+            );
+            md += &format!("| {n} | {segments} | {factor} | {recall:.3} | {p50:.2} | {p99:.2} | {bytes_per_item:.0} | {build_s:.1} |\n");
+            scale.push(serde_json::json!({"items": n, "segments": segments, "search_k_factor": factor,
+                "recall_at_10": recall, "p50_ms": p50, "p99_ms": p99, "bytes_per_item": bytes_per_item, "build_s": build_s}));
+        }
+    }
+    report.insert("scale".into(), scale.into());
+
+    // 3. The CLI on clothing-small: throughput and peak memory of the child process.
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["index", DATASET, "--index"])
+        .arg(dir.path().join("index"))
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .args(["--model", MODEL])
+        .status()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(status.success());
+    let peak_kib = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru.ru_maxrss
+    };
+    let rate = images.len() as f64 / secs;
+    println!("lookalike index clothing-small: {secs:.1} s, {rate:.1} images/s, peak RSS {:.0} MiB", peak_kib as f64 / 1024.0);
+    report.insert("cli_index_images_per_s".into(), rate.into());
+    report.insert("cli_index_peak_rss_mib".into(), (peak_kib as f64 / 1024.0).into());
+    md += &format!(
+        "\n`lookalike index ../shared/datasets/clothing-small` (release, {} cores, model load included): \
+         {secs:.1} s for {} images = **{rate:.1} images/s**, peak RSS **{:.0} MiB**.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        images.len(),
+        peak_kib as f64 / 1024.0
+    );
+
+    std::fs::create_dir_all("target/bench").unwrap();
+    std::fs::write("target/bench/index.json", serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    update_section("index", &format!("Command: `cargo bench --bench index`\n\n{md}"));
+    println!("wrote target/bench/index.json and the index section of BENCHMARKS.md");
+}
+
+fn gaussian(rng: &mut StdRng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
+/// Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in BENCHMARKS.md.
+fn update_section(name: &str, body: &str) {
+    let path = Path::new("BENCHMARKS.md");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let block = format!("{begin}\n{body}\n{end}");
+    let new = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &text[..b], block, &text[e + end.len()..]),
+        _ => format!("{}\n## Index\n\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(path, new).unwrap();
+}

@@ -1,0 +1,99 @@
+//! What travels with an image besides its pixels: its category (the folder of its key) and
+//! metadata from an optional CSV file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+/// The category of a key is the name of the folder it is in: `catalog/shoes/1.jpg` → `shoes`.
+/// A key at the root has no category (empty string).
+pub fn category_of(key: &str) -> &str {
+    let mut parts = key.rsplit('/');
+    parts.next();
+    parts.next().unwrap_or("")
+}
+
+/// Per-key metadata read from a CSV file whose first column is the key (relative to the images'
+/// root) and whose header names the other columns.
+#[derive(Debug, Default, Clone)]
+pub struct MetadataTable {
+    rows: HashMap<String, Map<String, Value>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("cannot read metadata CSV {0}: {1}")]
+    Read(String, #[source] csv::Error),
+    #[error("metadata CSV {0}: {1}")]
+    Invalid(String, String),
+}
+
+impl MetadataTable {
+    pub fn load(path: &Path) -> Result<Self, MetadataError> {
+        let shown = path.display().to_string();
+        let mut reader = csv::Reader::from_path(path).map_err(|e| MetadataError::Read(shown.clone(), e))?;
+        Self::from_reader(&mut reader, &shown)
+    }
+
+    pub fn from_csv_str(text: &str) -> Result<Self, MetadataError> {
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        Self::from_reader(&mut reader, "<string>")
+    }
+
+    fn from_reader<R: std::io::Read>(reader: &mut csv::Reader<R>, shown: &str) -> Result<Self, MetadataError> {
+        let headers = reader.headers().map_err(|e| MetadataError::Read(shown.into(), e))?.clone();
+        if headers.is_empty() {
+            return Err(MetadataError::Invalid(shown.into(), "empty header; expected key,field,...".into()));
+        }
+        let mut rows = HashMap::new();
+        for (line, record) in reader.records().enumerate() {
+            let record = record.map_err(|e| MetadataError::Read(shown.into(), e))?;
+            let key = record.get(0).unwrap_or("").trim().trim_start_matches('/').to_string();
+            if key.is_empty() {
+                return Err(MetadataError::Invalid(shown.into(), format!("row {} has an empty key", line + 2)));
+            }
+            let fields: Map<String, Value> = headers
+                .iter()
+                .zip(record.iter())
+                .skip(1)
+                .map(|(h, v)| (h.to_string(), Value::String(v.to_string())))
+                .collect();
+            rows.insert(key, fields);
+        }
+        Ok(MetadataTable { rows })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Map<String, Value>> {
+        self.rows.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn category_is_the_parent_folder() {
+        assert_eq!(category_of("catalog/shoes/123.jpg"), "shoes");
+        assert_eq!(category_of("shoes/1.jpg"), "shoes");
+        assert_eq!(category_of("1.jpg"), "");
+    }
+
+    #[test]
+    fn csv_rows_become_metadata() {
+        let t = MetadataTable::from_csv_str("key,price,brand\nshoes/1.jpg,10,acme\n/hat/2.jpg,5,\"b, c\"\n").unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get("shoes/1.jpg").unwrap()["brand"], "acme");
+        assert_eq!(t.get("hat/2.jpg").unwrap()["brand"], "b, c");
+        assert!(MetadataTable::from_csv_str("key,a\n,1\n").is_err());
+    }
+}

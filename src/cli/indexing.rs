@@ -1,0 +1,128 @@
+//! `lookalike index`: encode a folder or S3 prefix into the index.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use lookalike::catalog::MetadataTable;
+use lookalike::index::segment::BuildParams;
+use lookalike::ingest::{Ingester, Outcome};
+use lookalike::preprocess::Limits;
+use lookalike::store;
+
+use super::{IndexLocation, ModelLocation};
+
+/// File name endings that are indexed; other files are counted and ignored.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp"];
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Folder or s3://bucket/prefix holding the images (category = each image's parent folder).
+    pub source: String,
+    #[command(flatten)]
+    pub location: IndexLocation,
+    #[command(flatten)]
+    pub model: ModelLocation,
+    /// CSV with per-image metadata: first column the key (path relative to SOURCE), then fields.
+    #[arg(long)]
+    pub metadata: Option<PathBuf>,
+    /// Images per segment (one manifest commit each).
+    #[arg(long, default_value_t = 5000)]
+    pub batch_size: usize,
+    /// arroy trees per segment (default: chosen from the segment size).
+    #[arg(long)]
+    pub trees: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn is_image_name(key: &str) -> bool {
+    key.rsplit_once('.')
+        .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+}
+
+pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    if !args.source.starts_with("s3://") && !std::path::Path::new(&args.source).is_dir() {
+        anyhow::bail!("{} is not a folder (or an s3://bucket/prefix)", args.source);
+    }
+    let encoder = Arc::new(args.model.load()?);
+    let index = Arc::new(args.location.open(Some(&encoder)).await?);
+    let source = store::open(&args.source).await?;
+    let metadata = match &args.metadata {
+        Some(p) => Some(Arc::new(MetadataTable::load(p)?)),
+        None => None,
+    };
+    let listed = source.list("").await?;
+    let total_files = listed.len();
+    let objects: Vec<_> = listed.into_iter().filter(|o| is_image_name(&o.key)).collect();
+    let ignored = total_files - objects.len();
+    let ingester = Ingester {
+        index: index.clone(),
+        encoder,
+        source,
+        limits: Limits::default(),
+        metadata,
+        build: BuildParams { n_trees: args.trees, ..BuildParams::default() },
+    };
+
+    let bar = ProgressBar::new(objects.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} indexing [{bar:40}] {pos}/{len} images  {per_sec}  ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let tick = bar.clone();
+    let progress: lookalike::ingest::Progress = Arc::new(move |n| tick.inc(n));
+
+    let mut reports = Vec::new();
+    for batch in objects.chunks(args.batch_size.max(1)) {
+        let report = ingester.ingest(batch.to_vec(), Vec::new(), Some(progress.clone())).await?;
+        reports.push(report);
+    }
+    bar.finish_and_clear();
+
+    let count = |f: fn(&Outcome) -> bool| reports.iter().map(|r| r.count(f)).sum::<usize>();
+    let indexed = count(|o| matches!(o, Outcome::Indexed));
+    let duplicates = count(|o| matches!(o, Outcome::Duplicate));
+    let rejected: Vec<_> = reports.iter().flat_map(|r| r.rejected()).cloned().collect();
+    let snapshot = index.snapshot();
+    let secs = start.elapsed().as_secs_f64();
+    if args.json {
+        let out = serde_json::json!({
+            "indexed": indexed,
+            "duplicates": duplicates,
+            "rejected": rejected,
+            "ignored_files": ignored,
+            "seconds": secs,
+            "version": snapshot.version(),
+            "items": snapshot.live_items(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "indexed {indexed} images ({duplicates} already indexed) in {secs:.1} s ({:.1} images/s); index {} now holds {} items in {} segments (version {})",
+        (indexed + duplicates) as f64 / secs.max(1e-9),
+        args.location.index,
+        snapshot.live_items(),
+        snapshot.segment_count(),
+        snapshot.version(),
+    );
+    if ignored > 0 {
+        println!("ignored {ignored} files that are not images by name ({})", IMAGE_EXTENSIONS.join(", "));
+    }
+    if !rejected.is_empty() {
+        println!("skipped {} files that could not be indexed:", rejected.len());
+        for r in &rejected {
+            if let Outcome::Rejected { reason } = &r.outcome {
+                println!("  {}: {reason}", r.key);
+            }
+        }
+    }
+    Ok(())
+}

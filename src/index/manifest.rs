@@ -1,0 +1,211 @@
+//! `manifest.json`: the one mutable object of an index. It names the immutable segments that make
+//! up the current snapshot and the keys deleted since. Every change is a compare-and-swap.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_KEY: &str = "manifest.json";
+pub const SEGMENTS_PREFIX: &str = "segments/";
+pub const DISTANCE: &str = "cosine";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format of this file; readers refuse versions they do not know.
+    pub format: u32,
+    /// Incremented by every commit.
+    pub version: u64,
+    /// The model whose embeddings the segments hold.
+    pub model: ModelRef,
+    pub distance: String,
+    /// Live segments, oldest first (ascending `sequence`).
+    pub segments: Vec<SegmentEntry>,
+    /// Deleted keys: an item with this key is hidden in every segment whose sequence is lower.
+    #[serde(default)]
+    pub deleted: BTreeMap<String, u64>,
+    /// The sequence number the next commit hands out.
+    pub next_sequence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub id: String,
+    pub dims: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// File name under `segments/`.
+    pub name: String,
+    /// Items stored in the segment (including ones hidden by newer segments or deletions).
+    pub items: u64,
+    pub bytes: u64,
+    /// Hex sha256 of the segment file; downloads are verified against it.
+    pub sha256: String,
+    /// Commit order. When a key is in several segments the highest sequence wins.
+    pub sequence: u64,
+    /// Compaction level: 0 for ingested segments, n+1 for a merge of level-n segments.
+    #[serde(default)]
+    pub level: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(
+        "index manifest has format version {found}, this build of lookalike reads version {FORMAT_VERSION}: \
+         upgrade lookalike (or rebuild the index)"
+    )]
+    UnknownFormat { found: u64 },
+    #[error("index manifest is not valid: {0}")]
+    Invalid(String),
+}
+
+impl Manifest {
+    pub fn new(model: ModelRef) -> Self {
+        Manifest {
+            format: FORMAT_VERSION,
+            version: 0,
+            model,
+            distance: DISTANCE.into(),
+            segments: Vec::new(),
+            deleted: BTreeMap::new(),
+            next_sequence: 1,
+        }
+    }
+
+    /// Parse and validate. The format version is checked before anything else so that a newer
+    /// manifest gives a clear error rather than a confusing field error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+        let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+        if format != FORMAT_VERSION as u64 {
+            return Err(ManifestError::UnknownFormat { found: format });
+        }
+        let m: Manifest = serde_json::from_value(value).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        v.push(b'\n');
+        v
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        if self.distance != DISTANCE {
+            return Err(ManifestError::Invalid(format!("unsupported distance {:?}", self.distance)));
+        }
+        let mut last = 0;
+        for s in &self.segments {
+            if !is_segment_name(&s.name) {
+                return Err(ManifestError::Invalid(format!("bad segment name {:?}", s.name)));
+            }
+            if s.sequence <= last || s.sequence >= self.next_sequence {
+                return Err(ManifestError::Invalid(format!("segment {} has sequence out of order", s.name)));
+            }
+            last = s.sequence;
+        }
+        Ok(())
+    }
+
+    /// Hand out the next sequence number and bump the version.
+    pub fn bump(&mut self) -> u64 {
+        let seq = self.next_sequence;
+        self.next_sequence += 1;
+        self.version += 1;
+        seq
+    }
+
+    /// Items hidden by a deletion: `key` in a segment of sequence `seq`.
+    pub fn is_deleted(&self, key: &str, seq: u64) -> bool {
+        self.deleted.get(key).is_some_and(|&d| seq < d)
+    }
+
+    /// Drop deletions that can no longer hide anything (all segments are newer).
+    pub fn prune_deletions(&mut self) {
+        let oldest = self.segments.iter().map(|s| s.sequence).min().unwrap_or(u64::MAX);
+        self.deleted.retain(|_, &mut d| d > oldest);
+    }
+
+    pub fn total_items(&self) -> u64 {
+        self.segments.iter().map(|s| s.items).sum()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+}
+
+/// Store key of a segment file.
+pub fn segment_key(name: &str) -> String {
+    format!("{SEGMENTS_PREFIX}{name}")
+}
+
+/// Segment names are generated by us: `<hex>.lmdb`; anything else in a manifest is refused so a
+/// manifest can never make a reader touch arbitrary paths.
+pub fn is_segment_name(name: &str) -> bool {
+    name.len() <= 128
+        && name.ends_with(".lmdb")
+        && name.trim_end_matches(".lmdb").chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+        && name.len() > ".lmdb".len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::new(ModelRef { id: "m".into(), dims: 4 });
+        let seq = m.bump();
+        m.segments.push(SegmentEntry {
+            name: "abc-1.lmdb".into(),
+            items: 2,
+            bytes: 10,
+            sha256: "00".into(),
+            sequence: seq,
+            level: 0,
+        });
+        m
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_format_is_refused_clearly() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
+        v["format"] = 99.into();
+        let err = Manifest::from_bytes(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, ManifestError::UnknownFormat { found: 99 }));
+        assert!(err.to_string().contains("format version 99"));
+    }
+
+    #[test]
+    fn hostile_segment_names_are_refused() {
+        let mut m = sample();
+        m.segments[0].name = "../../etc/passwd".into();
+        assert!(Manifest::from_bytes(&m.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn deletions_hide_older_segments_only() {
+        let mut m = sample();
+        m.deleted.insert("k".into(), 2);
+        assert!(m.is_deleted("k", 1));
+        assert!(!m.is_deleted("k", 2));
+        assert!(!m.is_deleted("other", 1));
+        m.prune_deletions();
+        assert!(m.deleted.contains_key("k"));
+        m.segments[0].sequence = 3;
+        m.prune_deletions();
+        assert!(m.deleted.is_empty());
+    }
+}

@@ -1,0 +1,144 @@
+//! The index snapshot: `manifest.json` plus immutable single-file LMDB segments under `segments/`.
+//!
+//! - [`manifest`]: the format of the one mutable object, changed only by compare-and-swap.
+//! - [`segment`]: writing and reading one segment (arroy + dictionaries in one LMDB file).
+//! - [`cache`]: verified local copies of segments.
+//! - [`snapshot`]: a consistent read view and the merged multi-segment search.
+//! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
+
+pub mod cache;
+pub mod manifest;
+pub mod segment;
+pub mod snapshot;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+pub use cache::{SegmentCache, SyncReport};
+pub use manifest::{Manifest, ManifestError, ModelRef, SegmentEntry, MANIFEST_KEY};
+pub use segment::{ItemRecord, Segment, SegmentError};
+pub use snapshot::{Hit, Snapshot};
+
+use crate::store::{DynStore, GetResult, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error(
+        "the index was built with model {index} ({index_dims}-d) but the encoder is {model} ({model_dims}-d); \
+         use the index's model or rebuild the index with `lookalike reindex`"
+    )]
+    ModelMismatch { index: String, index_dims: usize, model: String, model_dims: usize },
+    #[error("query vector has {got} dimensions, the index has {want}")]
+    Dims { got: usize, want: usize },
+    #[error("segment {0} is corrupt: {1}")]
+    Corrupt(String, String),
+    #[error("I/O error on {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("gave up committing the manifest after {0} conflicting attempts")]
+    Contention(usize),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// An index: its store, a local segment cache and the latest snapshot loaded from them.
+pub struct Index {
+    store: DynStore,
+    cache: SegmentCache,
+    current: RwLock<Arc<Snapshot>>,
+    model: Option<ModelRef>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("store", &self.store.location()).finish()
+    }
+}
+
+impl Index {
+    /// Open the index in `store`, caching segments under `cache_dir`, and load the latest snapshot.
+    /// With `model`, an index built with another model is refused.
+    pub async fn open(store: DynStore, cache_dir: &Path, model: Option<ModelRef>) -> Result<Self, IndexError> {
+        let cache = SegmentCache::new(cache_dir)?;
+        let empty = Arc::new(Snapshot::empty(Manifest::new(
+            model.clone().unwrap_or(ModelRef { id: String::new(), dims: 0 }),
+        )));
+        let index = Index { store, cache, current: RwLock::new(empty), model };
+        index.refresh().await?;
+        Ok(index)
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &SegmentCache {
+        &self.cache
+    }
+
+    pub fn model(&self) -> Option<&ModelRef> {
+        self.model.as_ref()
+    }
+
+    /// The snapshot loaded last (cheap; no I/O).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Check the manifest (conditional GET on its ETag); on change, sync new segments and swap in
+    /// a new snapshot. Returns the snapshot now current.
+    pub async fn refresh(&self) -> Result<Arc<Snapshot>, IndexError> {
+        let current = self.snapshot();
+        let got = self.store.get(MANIFEST_KEY, current.etag.as_deref()).await;
+        let object = match got {
+            Ok(GetResult::NotModified) => return Ok(current),
+            Ok(GetResult::Found(o)) => o,
+            Err(StoreError::NotFound(_)) => return Ok(current),
+            Err(e) => return Err(e.into()),
+        };
+        let manifest = Manifest::from_bytes(&object.bytes)?;
+        self.check_model(&manifest)?;
+        let report = self.cache.sync(self.store.as_ref(), &manifest).await?;
+        if !report.downloaded.is_empty() {
+            tracing::info!(
+                segments = report.downloaded.len(),
+                bytes = report.downloaded_bytes,
+                version = manifest.version,
+                "synced new segments"
+            );
+        }
+        let cache = self.cache.clone();
+        let etag = object.meta.etag.clone();
+        let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, IndexError> {
+            let opened = manifest
+                .segments
+                .iter()
+                .map(|s| Segment::open(&cache.path_of(&s.name)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Snapshot::new(manifest, Some(etag), opened)
+        })
+        .await
+        .map_err(|e| IndexError::Internal(e.to_string()))??;
+        let snapshot = Arc::new(snapshot);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
+        Ok(snapshot)
+    }
+
+    fn check_model(&self, manifest: &Manifest) -> Result<(), IndexError> {
+        match &self.model {
+            Some(m) if m != &manifest.model => Err(IndexError::ModelMismatch {
+                index: manifest.model.id.clone(),
+                index_dims: manifest.model.dims,
+                model: m.id.clone(),
+                model_dims: m.dims,
+            }),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Changing an index: every change is a new immutable segment and/or a compare-and-swap of
+//! `manifest.json` (S3 conditional writes, or the local store's atomic equivalent). A lost race
+//! re-reads the manifest and retries; segments are uploaded before the commit, so a writer that
+//! dies in between leaves only an unlisted file that [`gc`] removes later.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::RngExt;
+
+use super::cache::sha256_file;
+use super::manifest::{segment_key, Manifest, ModelRef, SegmentEntry, MANIFEST_KEY, SEGMENTS_PREFIX};
+use super::segment::{write_segment, BuildParams, ItemRecord};
+use super::{Index, IndexError};
+use crate::store::{GetResult, ObjectStore, StoreError};
+
+/// Attempts at a manifest compare-and-swap before giving up.
+pub const MAX_COMMIT_ATTEMPTS: usize = 64;
+
+/// A committed change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// Manifest version after the commit.
+    pub version: u64,
+    /// The new segment, if the change wrote one.
+    pub segment: Option<SegmentEntry>,
+    /// Compare-and-swap attempts it took (1 = no conflict).
+    pub attempts: usize,
+}
+
+/// A new segment name: creation time (for garbage collection) and randomness (uniqueness).
+fn new_segment_name() -> String {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let r: u64 = rand::rng().random();
+    format!("{ms:013}-{r:016x}.lmdb")
+}
+
+/// Creation time encoded in a segment name.
+fn segment_created_ms(name: &str) -> Option<u128> {
+    name.split('-').next()?.parse().ok()
+}
+
+/// Read the manifest, apply `change`, and write it back only if nobody else wrote in between.
+/// `change` returns `Ok(false)` to commit nothing. Returns the manifest as committed (or as read).
+pub async fn update_manifest<F>(
+    store: &dyn ObjectStore,
+    model: &ModelRef,
+    mut change: F,
+) -> Result<(Manifest, bool, usize), IndexError>
+where
+    F: FnMut(&mut Manifest) -> Result<bool, IndexError>,
+{
+    for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+        let (mut manifest, etag) = match store.get(MANIFEST_KEY, None).await {
+            Ok(GetResult::Found(o)) => (Manifest::from_bytes(&o.bytes)?, Some(o.meta.etag)),
+            Ok(GetResult::NotModified) => unreachable!("unconditional get"),
+            Err(StoreError::NotFound(_)) => (Manifest::new(model.clone()), None),
+            Err(e) => return Err(e.into()),
+        };
+        if &manifest.model != model {
+            return Err(IndexError::ModelMismatch {
+                index: manifest.model.id.clone(),
+                index_dims: manifest.model.dims,
+                model: model.id.clone(),
+                model_dims: model.dims,
+            });
+        }
+        if !change(&mut manifest)? {
+            return Ok((manifest, false, attempt));
+        }
+        let body = Bytes::from(manifest.to_bytes());
+        let written = match &etag {
+            Some(etag) => store.put_if_match(MANIFEST_KEY, body, etag).await,
+            None => store.put_if_absent(MANIFEST_KEY, body).await,
+        };
+        match written {
+            Ok(_) => return Ok((manifest, true, attempt)),
+            Err(StoreError::PreconditionFailed(_)) => {
+                let cap = 5u64 << attempt.min(6);
+                let wait = rand::rng().random_range(1..=cap);
+                tracing::debug!(attempt, wait_ms = wait, "manifest changed under us; retrying");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(IndexError::Contention(MAX_COMMIT_ATTEMPTS))
+}
+
+/// Build a segment from `items` in the index's cache directory and upload it (put-if-absent).
+/// The file stays in the cache under its final name, so this process never downloads it again.
+pub async fn build_and_upload(
+    index: &Index,
+    model: &ModelRef,
+    items: Vec<(ItemRecord, Vec<f32>)>,
+    level: u32,
+    params: BuildParams,
+) -> Result<SegmentEntry, IndexError> {
+    let name = new_segment_name();
+    let path = index.cache().path_of(&name);
+    let work = index.cache().dir().to_path_buf();
+    let (model_id, dims, n) = (model.id.clone(), model.dims, items.len() as u64);
+    let build_path = path.clone();
+    let (bytes, sha256) = tokio::task::spawn_blocking(move || -> Result<(u64, String), IndexError> {
+        write_segment(&build_path, &work, &model_id, dims, &items, params)?;
+        let io = |e| IndexError::Io(build_path.display().to_string(), e);
+        let bytes = std::fs::metadata(&build_path).map_err(io)?.len();
+        Ok((bytes, sha256_file(&build_path).map_err(io)?))
+    })
+    .await
+    .map_err(|e| IndexError::Internal(e.to_string()))??;
+    let body = tokio::fs::read(&path).await.map_err(|e| IndexError::Io(path.display().to_string(), e))?;
+    index.store().put_if_absent(&segment_key(&name), Bytes::from(body)).await?;
+    Ok(SegmentEntry { name, items: n, bytes, sha256, sequence: 0, level })
+}
+
+/// Append a batch: one new segment with `items` (may be empty) and deletions of `deleted` keys,
+/// committed together in one manifest change.
+pub async fn append(
+    index: &Index,
+    model: &ModelRef,
+    items: Vec<(ItemRecord, Vec<f32>)>,
+    deleted: &[String],
+    params: BuildParams,
+) -> Result<Option<Commit>, IndexError> {
+    if items.is_empty() && deleted.is_empty() {
+        return Ok(None);
+    }
+    let segment = if items.is_empty() {
+        None
+    } else {
+        Some(build_and_upload(index, model, items, 0, params).await?)
+    };
+    let mut committed_entry = None;
+    let (manifest, _, attempts) = update_manifest(index.store().as_ref(), model, |m| {
+        let seq = m.bump();
+        if let Some(seg) = &segment {
+            let mut entry = seg.clone();
+            entry.sequence = seq;
+            m.segments.push(entry.clone());
+            committed_entry = Some(entry);
+        }
+        for key in deleted {
+            m.deleted.insert(key.clone(), seq);
+        }
+        Ok(true)
+    })
+    .await?;
+    Ok(Some(Commit { version: manifest.version, segment: committed_entry, attempts }))
+}
+
+/// Which segments a compaction merges.
+#[derive(Debug, Clone, Copy)]
+pub enum CompactionPolicy {
+    /// Merge everything into one segment.
+    All,
+    /// Tiered: when `fanout` or more segments share a level, merge them into one of the next level.
+    Tiered { fanout: usize },
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy::Tiered { fanout: 4 }
+    }
+}
+
+/// Outcome of a compaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    pub merged: Vec<String>,
+    pub output: Option<SegmentEntry>,
+    pub version: u64,
+}
+
+fn pick_inputs(manifest: &Manifest, policy: CompactionPolicy) -> Option<(Vec<String>, u32)> {
+    match policy {
+        CompactionPolicy::All => {
+            let needs = manifest.segments.len() > 1 || !manifest.deleted.is_empty();
+            let level = manifest.segments.iter().map(|s| s.level).max().unwrap_or(0) + 1;
+            (needs && !manifest.segments.is_empty())
+                .then(|| (manifest.segments.iter().map(|s| s.name.clone()).collect(), level))
+        }
+        CompactionPolicy::Tiered { fanout } => {
+            let max_level = manifest.segments.iter().map(|s| s.level).max()?;
+            (0..=max_level).find_map(|level| {
+                let names: Vec<String> =
+                    manifest.segments.iter().filter(|s| s.level == level).map(|s| s.name.clone()).collect();
+                (names.len() >= fanout.max(2)).then_some((names, level + 1))
+            })
+        }
+    }
+}
+
+/// Merge segments into one that holds only their live items. The commit succeeds only if all
+/// input segments are still listed; items written or deleted meanwhile stay correct because the
+/// output takes the highest sequence of its inputs.
+pub async fn compact(index: &Index, policy: CompactionPolicy, params: BuildParams) -> Result<Option<Compaction>, IndexError> {
+    let snapshot = index.refresh().await?;
+    let model = snapshot.manifest.model.clone();
+    let Some((inputs, level)) = pick_inputs(&snapshot.manifest, policy) else {
+        return Ok(None);
+    };
+    let items = {
+        let snap = snapshot.clone();
+        let names = inputs.clone();
+        tokio::task::spawn_blocking(move || snap.live_items_of(&names))
+            .await
+            .map_err(|e| IndexError::Internal(e.to_string()))??
+    };
+    let output = if items.is_empty() {
+        None
+    } else {
+        Some(build_and_upload(index, &model, items, level, params).await?)
+    };
+    let mut out_entry = None;
+    let (manifest, committed, _) = update_manifest(index.store().as_ref(), &model, |m| {
+        let listed: Vec<&SegmentEntry> = m.segments.iter().filter(|s| inputs.contains(&s.name)).collect();
+        if listed.len() != inputs.len() {
+            return Ok(false);
+        }
+        let seq = listed.iter().map(|s| s.sequence).max().unwrap_or(0);
+        m.segments.retain(|s| !inputs.contains(&s.name));
+        if let Some(o) = &output {
+            let mut entry = o.clone();
+            entry.sequence = seq;
+            m.segments.push(entry.clone());
+            out_entry = Some(entry);
+        }
+        m.segments.sort_by_key(|s| s.sequence);
+        m.prune_deletions();
+        m.version += 1;
+        Ok(true)
+    })
+    .await?;
+    if !committed {
+        tracing::warn!("compaction inputs changed concurrently; nothing committed");
+        return Ok(None);
+    }
+    index.refresh().await?;
+    Ok(Some(Compaction { merged: inputs, output: out_entry, version: manifest.version }))
+}
+
+/// Delete segment objects that no manifest lists and that are older than `grace` (a writer may
+/// still be about to commit a younger one). Returns the deleted names.
+pub async fn gc(index: &Index, grace: Duration) -> Result<Vec<String>, IndexError> {
+    let snapshot = index.refresh().await?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let mut removed = Vec::new();
+    for obj in index.store().list(SEGMENTS_PREFIX).await? {
+        let name = obj.key.trim_start_matches(SEGMENTS_PREFIX);
+        if snapshot.manifest.segments.iter().any(|s| s.name == name) {
+            continue;
+        }
+        // A segment younger than `grace` may belong to a commit still in flight (or to a manifest
+        // newer than our snapshot): leave it.
+        let old_enough = segment_created_ms(name).is_none_or(|t| now.saturating_sub(t) >= grace.as_millis());
+        if old_enough {
+            index.store().delete(&obj.key).await?;
+            removed.push(name.to_string());
+        }
+    }
+    Ok(removed)
+}

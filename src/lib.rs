@@ -1,0 +1,16 @@
+//! lookalike core: everything the Lambdas and the CLI share.
+//!
+//! - [`model`]: model cards, the ONNX encoder (tract) and the import of the default model.
+//! - [`preprocess`]: image decoding under limits and conversion to the encoder's input tensor.
+//! - [`store`]: the object store (local directory or S3) that images and the index live in.
+//! - [`index`]: the index snapshot: manifest, immutable LMDB/arroy segments, sync and search.
+//! - [`ingest`] and [`query`]: the operations, as plain functions over the above.
+
+pub mod catalog;
+pub mod index;
+pub mod ingest;
+pub mod model;
+pub mod preprocess;
+pub mod query;
+pub mod samples;
+pub mod store;

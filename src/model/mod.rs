@@ -1,0 +1,10 @@
+//! Models: the model card, the encoder that runs an ONNX model, and the import of the default
+//! EfficientNet-Lite weights.
+
+pub mod card;
+pub mod encoder;
+pub mod import;
+pub mod onnx_export;
+pub mod torch;
+
+pub use card::{Layout, ModelCard, Normalize, Pooling, ResizeRule, CARD_FILE, ONNX_FILE};

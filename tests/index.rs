@@ -1,0 +1,336 @@
+//! The index core (manifest, segments, cache, snapshot search, writer) against both stores:
+//! a local folder and S3 on a local moto server. Vectors are synthetic here so the tests need no
+//! model; tests/ingest.rs covers the path from image bytes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lookalike::index::manifest::{segment_key, Manifest, MANIFEST_KEY};
+use lookalike::index::segment::{BuildParams, ItemRecord};
+use lookalike::index::writer::{self, CompactionPolicy};
+use lookalike::index::{Index, IndexError, ManifestError, ModelRef};
+use lookalike::store::{DynStore, GetResult, LocalStore, ObjectMeta, ObjectStore, StoreResult};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const DIMS: usize = 16;
+
+fn model() -> ModelRef {
+    ModelRef { id: "test-model".into(), dims: DIMS }
+}
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn random_vec(rng: &mut StdRng) -> Vec<f32> {
+    unit((0..DIMS).map(|_| rng.random_range(-1.0..1.0)).collect())
+}
+
+fn item(key: &str, etag: &str, v: Vec<f32>) -> (ItemRecord, Vec<f32>) {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("n".into(), serde_json::Value::String(key.to_uppercase()));
+    (
+        ItemRecord {
+            key: key.into(),
+            source: "test".into(),
+            etag: etag.into(),
+            size: 1,
+            category: lookalike::catalog::category_of(key).into(),
+            metadata,
+        },
+        v,
+    )
+}
+
+/// The two stores every test runs against: a local folder and a fresh bucket on the moto server.
+async fn stores() -> Vec<(&'static str, DynStore)> {
+    let mut v: Vec<(&'static str, DynStore)> = Vec::new();
+    let dir = tempfile::tempdir().unwrap().keep();
+    v.push(("local", Arc::new(LocalStore::new(&dir).unwrap())));
+    if let Some(store) = common::s3_store("index").await {
+        v.push(("s3", store));
+    }
+    v
+}
+
+async fn open(store: &DynStore) -> Index {
+    let cache = tempfile::tempdir().unwrap().keep();
+    Index::open(store.clone(), &cache, Some(model())).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trip_search_delete_overwrite() {
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        assert_eq!(index.snapshot().live_items(), 0, "{name}: empty index");
+        let mut rng = StdRng::seed_from_u64(1);
+        let items: Vec<_> = (0..40)
+            .map(|i| item(&format!("cat{}/img{i}.jpg", i % 3), "e1", random_vec(&mut rng)))
+            .collect();
+        let probe = items[7].1.clone();
+        let c = writer::append(&index, &model(), items, &[], BuildParams::default()).await.unwrap().unwrap();
+        assert_eq!(c.version, 1);
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.live_items(), 40, "{name}");
+        let rec = snap.record("cat1/img7.jpg").unwrap().unwrap();
+        assert_eq!(rec.category, "cat1");
+        assert_eq!(rec.metadata["n"], "CAT1/IMG7.JPG");
+
+        // The item's own vector finds it first; a category filter keeps to that category.
+        let hits = snap.search(&probe, 5, None, None).unwrap();
+        assert_eq!(hits[0].record.key, "cat1/img7.jpg", "{name}");
+        assert!((hits[0].score - 1.0).abs() < 1e-4);
+        let hits = snap.search(&probe, 10, Some("cat2"), None).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| h.record.category == "cat2"));
+        let hits = snap.search(&probe, 5, None, Some("cat1/img7.jpg")).unwrap();
+        assert!(hits.iter().all(|h| h.record.key != "cat1/img7.jpg"));
+
+        // Overwrite with a new vector in a new segment: only the new one is visible.
+        let mut new_v = probe.iter().map(|x| -x).collect::<Vec<_>>();
+        new_v = unit(new_v);
+        writer::append(&index, &model(), vec![item("cat1/img7.jpg", "e2", new_v.clone())], &[], BuildParams::default())
+            .await
+            .unwrap();
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.live_items(), 40, "{name}: overwrite keeps the count");
+        assert_eq!(snap.record("cat1/img7.jpg").unwrap().unwrap().etag, "e2");
+        let hits = snap.search(&probe, 40, None, None).unwrap();
+        assert_eq!(hits.iter().filter(|h| h.record.key == "cat1/img7.jpg").count(), 1);
+        assert_eq!(snap.search(&new_v, 1, None, None).unwrap()[0].record.etag, "e2");
+
+        // Delete: gone from results, lookups and counts.
+        writer::append(&index, &model(), vec![], &["cat1/img7.jpg".to_string()], BuildParams::default())
+            .await
+            .unwrap();
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.live_items(), 39, "{name}");
+        assert!(snap.record("cat1/img7.jpg").unwrap().is_none());
+        assert!(snap.search(&new_v, 39, None, None).unwrap().iter().all(|h| h.record.key != "cat1/img7.jpg"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_lose_nothing_and_duplicate_nothing() {
+    for (name, store) in stores().await {
+        let index = Arc::new(open(&store).await);
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let index = index.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(w);
+                let items: Vec<_> =
+                    (0..25).map(|i| item(&format!("w{w}/{i}.jpg"), "e", random_vec(&mut rng))).collect();
+                writer::append(&index, &model(), items, &[], BuildParams::default()).await.unwrap().unwrap()
+            }));
+        }
+        let mut versions = HashSet::new();
+        for t in tasks {
+            versions.insert(t.await.unwrap().version);
+        }
+        assert_eq!(versions.len(), 8, "{name}: every commit got its own version");
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.segment_count(), 8);
+        assert_eq!(snap.live_items(), 200, "{name}: exactly 200 items");
+        let all = snap.live_items_with_vectors().unwrap();
+        let keys: HashSet<_> = all.iter().map(|(r, _)| r.key.clone()).collect();
+        assert_eq!(keys.len(), 200, "{name}: none twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_keeps_live_items_and_results() {
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(7);
+        for b in 0..5 {
+            let items: Vec<_> =
+                (0..20).map(|i| item(&format!("c{}/b{b}-{i}.jpg", i % 2), "e", random_vec(&mut rng))).collect();
+            writer::append(&index, &model(), items, &[], BuildParams::default()).await.unwrap();
+        }
+        // An overwrite and a delete that compaction must respect.
+        let over = random_vec(&mut rng);
+        writer::append(&index, &model(), vec![item("c0/b0-0.jpg", "e2", over.clone())], &["c1/b1-1.jpg".into()], BuildParams::default())
+            .await
+            .unwrap();
+        let before = index.refresh().await.unwrap();
+        assert_eq!(before.live_items(), 99);
+        let queries: Vec<Vec<f32>> = (0..10).map(|_| random_vec(&mut rng)).collect();
+        let results = |snap: &lookalike::index::Snapshot| -> Vec<Vec<String>> {
+            queries
+                .iter()
+                .map(|q| snap.search(q, 10, None, None).unwrap().into_iter().map(|h| h.record.key).collect())
+                .collect()
+        };
+        let expected = results(&before);
+
+        let c = writer::compact(&index, CompactionPolicy::Tiered { fanout: 4 }, BuildParams::default())
+            .await
+            .unwrap()
+            .expect("six level-0 segments trigger a merge");
+        assert_eq!(c.merged.len(), 6);
+        let after = index.snapshot();
+        assert_eq!(after.segment_count(), 1, "{name}");
+        assert_eq!(after.live_items(), 99);
+        assert_eq!(after.manifest.total_items(), 99, "{name}: hidden items are dropped");
+        assert!(after.manifest.deleted.is_empty(), "{name}: deletions are pruned");
+        assert_eq!(after.record("c0/b0-0.jpg").unwrap().unwrap().etag, "e2");
+        assert!(after.record("c1/b1-1.jpg").unwrap().is_none());
+        assert_eq!(results(&after), expected, "{name}: same search results");
+
+        // The merged inputs are now unlisted: gc removes them; the cache dropped them on sync.
+        let removed = writer::gc(&index, Duration::ZERO).await.unwrap();
+        assert_eq!(removed.len(), 6, "{name}");
+        assert_eq!(store.list("segments/").await.unwrap().len(), 1);
+        let cached: Vec<_> = std::fs::read_dir(index.cache().dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".lmdb"))
+            .collect();
+        assert_eq!(cached.len(), 1, "{name}: cache keeps only listed segments");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uncommitted_segment_is_invisible_and_collected() {
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(3);
+        writer::append(&index, &model(), vec![item("a/1.jpg", "e", random_vec(&mut rng))], &[], BuildParams::default())
+            .await
+            .unwrap();
+        // A writer that dies after uploading its segment, before the manifest commit.
+        let orphan = writer::build_and_upload(&index, &model(), vec![item("a/2.jpg", "e", random_vec(&mut rng))], 0, BuildParams::default())
+            .await
+            .unwrap();
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.live_items(), 1, "{name}: the orphan is never served");
+        assert!(snap.record("a/2.jpg").unwrap().is_none());
+        // Young orphans are kept (their writer may still commit); old ones are removed.
+        assert!(writer::gc(&index, Duration::from_secs(3600)).await.unwrap().is_empty());
+        assert_eq!(writer::gc(&index, Duration::ZERO).await.unwrap(), vec![orphan.name.clone()]);
+        assert!(store.head(&segment_key(&orphan.name)).await.unwrap().is_none());
+        assert_eq!(index.refresh().await.unwrap().live_items(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_manifest_format_is_refused() {
+    for (name, store) in stores().await {
+        let mut m: serde_json::Value = serde_json::from_slice(&Manifest::new(model()).to_bytes()).unwrap();
+        m["format"] = 2.into();
+        store.put(MANIFEST_KEY, Bytes::from(serde_json::to_vec(&m).unwrap())).await.unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let err = Index::open(store.clone(), cache.path(), None).await.unwrap_err();
+        assert!(matches!(err, IndexError::Manifest(ManifestError::UnknownFormat { found: 2 })), "{name}: {err}");
+        assert!(err.to_string().contains("format version 2"), "{name}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_model_is_refused_with_both_ids() {
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(5);
+        writer::append(&index, &model(), vec![item("a/1.jpg", "e", random_vec(&mut rng))], &[], BuildParams::default())
+            .await
+            .unwrap();
+        let other = ModelRef { id: "other-model".into(), dims: DIMS };
+        let cache = tempfile::tempdir().unwrap();
+        let err = Index::open(store.clone(), cache.path(), Some(other.clone())).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("test-model") && msg.contains("other-model"), "{name}: {msg}");
+        let err = writer::append(&index, &other, vec![item("a/2.jpg", "e", random_vec(&mut rng))], &[], BuildParams::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IndexError::ModelMismatch { .. }), "{name}");
+    }
+}
+
+/// A store that corrupts the first `bad` downloads of segment files (a flaky network or a
+/// truncated transfer), passing everything else through to the real store.
+#[derive(Debug)]
+struct CorruptingStore {
+    inner: DynStore,
+    bad: std::sync::atomic::AtomicUsize,
+    truncate: bool,
+}
+
+#[async_trait]
+impl ObjectStore for CorruptingStore {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn get(&self, key: &str, inm: Option<&str>) -> StoreResult<GetResult> {
+        self.inner.get(key, inm).await
+    }
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        self.inner.put(key, body).await
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        self.inner.put_if_absent(key, body).await
+    }
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> StoreResult<String> {
+        self.inner.put_if_match(key, body, etag).await
+    }
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+    async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta> {
+        let meta = self.inner.download_to(key, dest).await?;
+        let left = self.bad.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.bad.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            let mut data = std::fs::read(dest).unwrap();
+            if self.truncate {
+                data.truncate(data.len() / 2);
+            } else {
+                let mid = data.len() / 2;
+                data[mid] ^= 0xff;
+            }
+            std::fs::write(dest, data).unwrap();
+        }
+        Ok(meta)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_or_truncated_downloads_are_fetched_again_never_opened() {
+    for (name, store) in stores().await {
+        let writer_index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(9);
+        let items: Vec<_> = (0..10).map(|i| item(&format!("a/{i}.jpg"), "e", random_vec(&mut rng))).collect();
+        writer::append(&writer_index, &model(), items, &[], BuildParams::default()).await.unwrap();
+
+        for truncate in [false, true] {
+            // One bad transfer: detected by the checksum and fetched again.
+            let flaky: DynStore = Arc::new(CorruptingStore { inner: store.clone(), bad: 1.into(), truncate });
+            let cache = tempfile::tempdir().unwrap();
+            let index = Index::open(flaky, cache.path(), Some(model())).await.unwrap();
+            assert_eq!(index.snapshot().live_items(), 10, "{name}: recovered from a bad download");
+
+            // Every transfer bad: a clear error, and nothing under a segment name in the cache.
+            let broken: DynStore = Arc::new(CorruptingStore { inner: store.clone(), bad: 100.into(), truncate });
+            let cache = tempfile::tempdir().unwrap();
+            let err = Index::open(broken, cache.path(), Some(model())).await.unwrap_err();
+            assert!(matches!(err, IndexError::Corrupt(..)), "{name}: {err}");
+            let names: Vec<String> =
+                std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+            assert!(names.iter().all(|n| !n.ends_with(".lmdb")), "{name}: {names:?}");
+        }
+    }
+}
