@@ -216,8 +216,8 @@ async fn uncommitted_segment_is_invisible_and_collected() {
         assert!(snap.record("a/2.jpg").unwrap().is_none());
         // Young orphans are kept (their writer may still commit); old ones are removed.
         assert!(writer::gc(&index, Duration::from_secs(3600)).await.unwrap().is_empty());
-        assert_eq!(writer::gc(&index, Duration::ZERO).await.unwrap(), vec![orphan.name.clone()]);
-        assert!(store.head(&segment_key(&orphan.name)).await.unwrap().is_none());
+        assert_eq!(writer::gc(&index, Duration::ZERO).await.unwrap(), vec![orphan.entry.name.clone()]);
+        assert!(store.head(&segment_key(&orphan.entry.name)).await.unwrap().is_none());
         assert_eq!(index.refresh().await.unwrap().live_items(), 1);
     }
 }

@@ -125,12 +125,6 @@ impl Manifest {
         self.deleted.get(key).is_some_and(|&d| seq < d)
     }
 
-    /// Drop deletions that can no longer hide anything (all segments are newer).
-    pub fn prune_deletions(&mut self) {
-        let oldest = self.segments.iter().map(|s| s.sequence).min().unwrap_or(u64::MAX);
-        self.deleted.retain(|_, &mut d| d > oldest);
-    }
-
     pub fn total_items(&self) -> u64 {
         self.segments.iter().map(|s| s.items).sum()
     }
@@ -202,10 +196,5 @@ mod tests {
         assert!(m.is_deleted("k", 1));
         assert!(!m.is_deleted("k", 2));
         assert!(!m.is_deleted("other", 1));
-        m.prune_deletions();
-        assert!(m.deleted.contains_key("k"));
-        m.segments[0].sequence = 3;
-        m.prune_deletions();
-        assert!(m.deleted.is_empty());
     }
 }

@@ -52,6 +52,9 @@ pub struct Index {
     store: DynStore,
     cache: SegmentCache,
     current: RwLock<Arc<Snapshot>>,
+    /// One refresh at a time: a sync deletes files that its manifest does not list, which must
+    /// not race with another sync of a newer manifest.
+    refreshing: tokio::sync::Mutex<()>,
     model: Option<ModelRef>,
 }
 
@@ -69,7 +72,7 @@ impl Index {
         let empty = Arc::new(Snapshot::empty(Manifest::new(
             model.clone().unwrap_or(ModelRef { id: String::new(), dims: 0 }),
         )));
-        let index = Index { store, cache, current: RwLock::new(empty), model };
+        let index = Index { store, cache, current: RwLock::new(empty), refreshing: Default::default(), model };
         index.refresh().await?;
         Ok(index)
     }
@@ -94,6 +97,7 @@ impl Index {
     /// Check the manifest (conditional GET on its ETag); on change, sync new segments and swap in
     /// a new snapshot. Returns the snapshot now current.
     pub async fn refresh(&self) -> Result<Arc<Snapshot>, IndexError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let current = self.snapshot();
         let got = self.store.get(MANIFEST_KEY, current.etag.as_deref()).await;
         let object = match got {

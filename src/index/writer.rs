@@ -87,22 +87,42 @@ where
     Err(IndexError::Contention(MAX_COMMIT_ATTEMPTS))
 }
 
-/// Build a segment from `items` in the index's cache directory and upload it (put-if-absent).
-/// The file stays in the cache under its final name, so this process never downloads it again.
+/// A segment built and uploaded but not yet known to be committed. It lives in a private work
+/// folder of the cache, so a concurrent sync (which deletes unlisted files) cannot touch it;
+/// [`BuiltSegment::install`] moves it into the cache once a manifest lists it.
+#[derive(Debug)]
+pub struct BuiltSegment {
+    pub entry: SegmentEntry,
+    work: tempfile::TempDir,
+}
+
+impl BuiltSegment {
+    /// Move the file into the cache under its final name (this process then never downloads it).
+    pub fn install(self, index: &Index) -> Result<(), IndexError> {
+        let dest = index.cache().path_of(&self.entry.name);
+        std::fs::rename(self.work.path().join(&self.entry.name), &dest)
+            .map_err(|e| IndexError::Io(dest.display().to_string(), e))
+    }
+}
+
+/// Build a segment from `items` and upload it (put-if-absent).
 pub async fn build_and_upload(
     index: &Index,
     model: &ModelRef,
     items: Vec<(ItemRecord, Vec<f32>)>,
     level: u32,
     params: BuildParams,
-) -> Result<SegmentEntry, IndexError> {
+) -> Result<BuiltSegment, IndexError> {
     let name = new_segment_name();
-    let path = index.cache().path_of(&name);
-    let work = index.cache().dir().to_path_buf();
+    let work = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(index.cache().dir())
+        .map_err(|e| IndexError::Io(index.cache().dir().display().to_string(), e))?;
+    let path = work.path().join(&name);
     let (model_id, dims, n) = (model.id.clone(), model.dims, items.len() as u64);
-    let build_path = path.clone();
+    let (build_path, work_dir) = (path.clone(), work.path().to_path_buf());
     let (bytes, sha256) = tokio::task::spawn_blocking(move || -> Result<(u64, String), IndexError> {
-        write_segment(&build_path, &work, &model_id, dims, &items, params)?;
+        write_segment(&build_path, &work_dir, &model_id, dims, &items, params)?;
         let io = |e| IndexError::Io(build_path.display().to_string(), e);
         let bytes = std::fs::metadata(&build_path).map_err(io)?.len();
         Ok((bytes, sha256_file(&build_path).map_err(io)?))
@@ -111,7 +131,7 @@ pub async fn build_and_upload(
     .map_err(|e| IndexError::Internal(e.to_string()))??;
     let body = tokio::fs::read(&path).await.map_err(|e| IndexError::Io(path.display().to_string(), e))?;
     index.store().put_if_absent(&segment_key(&name), Bytes::from(body)).await?;
-    Ok(SegmentEntry { name, items: n, bytes, sha256, sequence: 0, level })
+    Ok(BuiltSegment { entry: SegmentEntry { name, items: n, bytes, sha256, sequence: 0, level }, work })
 }
 
 /// Append a batch: one new segment with `items` (may be empty) and deletions of `deleted` keys,
@@ -135,7 +155,7 @@ pub async fn append(
     let (manifest, _, attempts) = update_manifest(index.store().as_ref(), model, |m| {
         let seq = m.bump();
         if let Some(seg) = &segment {
-            let mut entry = seg.clone();
+            let mut entry = seg.entry.clone();
             entry.sequence = seq;
             m.segments.push(entry.clone());
             committed_entry = Some(entry);
@@ -146,6 +166,9 @@ pub async fn append(
         Ok(true)
     })
     .await?;
+    if let Some(seg) = segment {
+        seg.install(index)?;
+    }
     Ok(Some(Commit { version: manifest.version, segment: committed_entry, attempts }))
 }
 
@@ -220,14 +243,17 @@ pub async fn compact(index: &Index, policy: CompactionPolicy, params: BuildParam
         }
         let seq = listed.iter().map(|s| s.sequence).max().unwrap_or(0);
         m.segments.retain(|s| !inputs.contains(&s.name));
+        // A deletion still matters only if a segment that was not merged is older than it: the
+        // merged output holds no item that any deletion hides.
+        let oldest_other = m.segments.iter().map(|s| s.sequence).min().unwrap_or(u64::MAX);
+        m.deleted.retain(|_, &mut d| d > oldest_other);
         if let Some(o) = &output {
-            let mut entry = o.clone();
+            let mut entry = o.entry.clone();
             entry.sequence = seq;
             m.segments.push(entry.clone());
             out_entry = Some(entry);
         }
         m.segments.sort_by_key(|s| s.sequence);
-        m.prune_deletions();
         m.version += 1;
         Ok(true)
     })
@@ -235,6 +261,9 @@ pub async fn compact(index: &Index, policy: CompactionPolicy, params: BuildParam
     if !committed {
         tracing::warn!("compaction inputs changed concurrently; nothing committed");
         return Ok(None);
+    }
+    if let Some(o) = output {
+        o.install(index)?;
     }
     index.refresh().await?;
     Ok(Some(Compaction { merged: inputs, output: out_entry, version: manifest.version }))

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run the whole test suite: sets up the Python tools the tests need (moto's S3 server, numpy,
+# onnxruntime, pillow) in .venv, then runs every Rust test. Exits non-zero on any failure.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+bash scripts/bootstrap-venv.sh
+export PATH="$repo/.venv/bin:$PATH"
+# The S3 tests must run, not skip, whenever this script is used (CI included).
+export LOOKALIKE_MOTO_SERVER="$repo/.venv/bin/moto_server"
+export LOOKALIKE_REQUIRE_MOTO=1
+
+# model import (added by the lead): once the CLI supports it, the default encoder is built here.
+# if [ ! -f .lookalike/model/encoder.onnx ]; then
+#     cargo run --quiet --bin lookalike -- model import efficientnet-lite0 --out .lookalike/model
+# fi
+
+cargo test --workspace --all-targets 2>&1

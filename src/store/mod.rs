@@ -1,0 +1,139 @@
+//! The object store that images and the index live in: a local directory (the embedded default)
+//! or an S3 bucket/prefix. Keys are always relative to the store's root (prefix) and use `/`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod local;
+pub mod s3;
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+/// What a store knows about one object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectMeta {
+    /// Key relative to the store's root.
+    pub key: String,
+    pub size: u64,
+    /// Opaque version tag (S3 ETag without quotes; a content hash on the local store).
+    pub etag: String,
+    /// User metadata (`x-amz-meta-*` on S3, without the prefix); empty on the local store.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A fetched object.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub bytes: Bytes,
+    pub meta: ObjectMeta,
+}
+
+/// Result of a conditional get.
+#[derive(Debug, Clone)]
+pub enum GetResult {
+    /// The object's etag equals the one given: nothing was transferred.
+    NotModified,
+    Found(Object),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found: {0}")]
+    NotFound(String),
+    /// A conditional write lost: the object exists (put-if-absent) or changed (put-if-match).
+    /// S3's 409 ConditionalRequestConflict maps here too: the caller re-reads and retries.
+    #[error("precondition failed for {0}")]
+    PreconditionFailed(String),
+    #[error("invalid key {0:?}: {1}")]
+    InvalidKey(String, &'static str),
+    #[error("invalid store location {0:?}: {1}")]
+    InvalidLocation(String, String),
+    #[error("I/O error on {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The backend could not be reached or answered with an error (network, auth, throttling).
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, e.g. `s3://bucket/prefix` or `/abs/path`.
+    fn location(&self) -> String;
+    /// Get an object; with `if_none_match = Some(etag)` returns `NotModified` when unchanged.
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<GetResult>;
+    /// Unconditional put; returns the new etag.
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<String>;
+    /// Put only if no object exists under `key` (`If-None-Match: *`); returns the new etag.
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> StoreResult<String>;
+    /// Put only if the current etag equals `etag` (`If-Match`); returns the new etag.
+    /// A missing object is `PreconditionFailed` as well.
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> StoreResult<String>;
+    /// Metadata of one object, `None` when it does not exist.
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
+    /// All objects whose key starts with `prefix` (recursively), sorted by key.
+    /// Listed entries carry key, size and etag; user metadata is only filled by `head`/`get`.
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
+    /// Delete an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// Stream an object into `dest` (created or truncated) without holding it in memory.
+    async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta>;
+}
+
+pub type DynStore = Arc<dyn ObjectStore>;
+
+/// Open a store from `s3://bucket/prefix` or a local directory path (created if missing;
+/// a `file://` prefix is accepted and stripped).
+pub async fn open(location: &str) -> StoreResult<DynStore> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p.trim_matches('/')),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(StoreError::InvalidLocation(
+                location.into(),
+                "missing bucket name".into(),
+            ));
+        }
+        Ok(Arc::new(S3Store::from_env(bucket, prefix).await?))
+    } else {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        if path.is_empty() {
+            return Err(StoreError::InvalidLocation(
+                location.into(),
+                "empty path".into(),
+            ));
+        }
+        Ok(Arc::new(LocalStore::new(path)?))
+    }
+}
+
+/// Reject keys that could escape the store's root or are not plain relative paths.
+pub fn validate_key(key: &str) -> StoreResult<()> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey(key.into(), "empty key"));
+    }
+    if key.starts_with('/') || key.contains('\\') || key.contains('\0') {
+        return Err(StoreError::InvalidKey(
+            key.into(),
+            "must be a relative path with '/' separators",
+        ));
+    }
+    if key
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(StoreError::InvalidKey(
+            key.into(),
+            "empty, '.' or '..' path component",
+        ));
+    }
+    Ok(())
+}

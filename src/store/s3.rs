@@ -1,0 +1,391 @@
+//! The S3 store: objects under `s3://bucket/prefix/`.
+//!
+//! - Keys are checked with [`validate_key`] like on the local store, so both stores accept the same
+//!   key space; `list` skips (with a warning) S3 keys outside it, e.g. console "folder" markers
+//!   (`photos/`) or keys with `//`.
+//! - Conditional writes use S3's own compare-and-swap: `If-None-Match: *` and `If-Match: "<etag>"` on
+//!   PutObject. 412 PreconditionFailed and 409 ConditionalRequestConflict (a concurrent conditional
+//!   write on real S3) both become [`StoreError::PreconditionFailed`]: the caller re-reads and
+//!   retries. `If-Match` on a missing key answers 404; that is a lost precondition as well.
+//! - ETags are returned without quotes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::{validate_key, GetResult, Object, ObjectMeta, ObjectStore, StoreError, StoreResult};
+
+/// Region used when neither the environment nor the profile names one (S3-compatible servers and
+/// moto do not care; real S3 buckets elsewhere need `AWS_REGION`).
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// A store in an S3 bucket under an optional key prefix. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// Without leading/trailing slashes; empty for the bucket root.
+    prefix: String,
+}
+
+impl S3Store {
+    /// A store over an existing client.
+    pub fn new(
+        client: aws_sdk_s3::Client,
+        bucket: impl Into<String>,
+        prefix: impl AsRef<str>,
+    ) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+            prefix: prefix.as_ref().trim_matches('/').to_string(),
+        }
+    }
+
+    /// A store whose client comes from the standard AWS configuration chain (environment, profile,
+    /// web identity, container/instance credentials). `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`
+    /// point it at an S3-compatible server; path-style addressing is forced whenever an endpoint
+    /// is overridden.
+    pub async fn from_env(bucket: &str, prefix: &str) -> StoreResult<Self> {
+        if bucket.is_empty() {
+            return Err(StoreError::InvalidLocation(
+                format!("s3://{bucket}/{prefix}"),
+                "missing bucket name".into(),
+            ));
+        }
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk);
+        if sdk.region().is_none() {
+            builder = builder.region(aws_sdk_s3::config::Region::new(FALLBACK_REGION));
+        }
+        let s3_endpoint = sdk.service_config().and_then(|c| {
+            c.load_config(
+                aws_types::service_config::ServiceConfigKey::builder()
+                    .service_id("S3")
+                    .env("AWS_ENDPOINT_URL")
+                    .profile("endpoint_url")
+                    .build()
+                    .expect("complete service config key"),
+            )
+        });
+        if sdk.endpoint_url().is_some() || s3_endpoint.is_some() {
+            builder = builder.force_path_style(true);
+        }
+        let client = aws_sdk_s3::Client::from_conf(builder.build());
+        Ok(Self::new(client, bucket, prefix))
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix (no leading or trailing `/`; empty for the bucket root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The full S3 key of a store key.
+    pub fn s3_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{}", self.prefix, key)
+        }
+    }
+
+    /// A presigned GET URL for `key`, valid for `expires` (at most 7 days).
+    pub async fn presign_get(&self, key: &str, expires: Duration) -> StoreResult<String> {
+        validate_key(key)?;
+        let config = PresigningConfig::expires_in(expires)
+            .map_err(|e| StoreError::Backend(format!("presign {key}: {e}")))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key))
+            .presigned(config)
+            .await
+            .map_err(|e| map_err("presign", key, e))?;
+        Ok(req.uri().to_string())
+    }
+
+    async fn do_put(&self, key: &str, body: Bytes, cond: Cond<'_>) -> StoreResult<String> {
+        validate_key(key)?;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key))
+            .body(ByteStream::from(body));
+        req = match cond {
+            Cond::None => req,
+            Cond::Absent => req.if_none_match("*"),
+            Cond::Match(etag) => req.if_match(quote_etag(etag)),
+        };
+        match req.send().await {
+            Ok(out) => out
+                .e_tag()
+                .map(unquote_etag)
+                .ok_or_else(|| StoreError::Backend(format!("put {key}: response without an ETag"))),
+            Err(e) => {
+                let err = map_err("put", key, e);
+                match (cond, err) {
+                    // If-Match on a missing object: 404 (moto) -- the precondition did not hold.
+                    (Cond::Match(_), StoreError::NotFound(k)) => {
+                        Err(StoreError::PreconditionFailed(k))
+                    }
+                    (_, err) => Err(err),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Cond<'a> {
+    None,
+    Absent,
+    Match(&'a str),
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn location(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<GetResult> {
+        validate_key(key)?;
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key));
+        if let Some(etag) = if_none_match {
+            req = req.if_none_match(quote_etag(etag));
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if http_status(&e) == Some(304) => return Ok(GetResult::NotModified),
+            Err(e) => return Err(map_err("get", key, e)),
+        };
+        let etag = out.e_tag().map(unquote_etag).unwrap_or_default();
+        let metadata = to_btree(out.metadata());
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "get {key}: reading the body: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?
+            .into_bytes();
+        Ok(GetResult::Found(Object {
+            meta: ObjectMeta {
+                key: key.to_string(),
+                size: bytes.len() as u64,
+                etag,
+                metadata,
+            },
+            bytes,
+        }))
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        self.do_put(key, body, Cond::None).await
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        self.do_put(key, body, Cond::Absent).await
+    }
+
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> StoreResult<String> {
+        self.do_put(key, body, Cond::Match(etag)).await
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        validate_key(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().map(unquote_etag).unwrap_or_default(),
+                metadata: to_btree(out.metadata()),
+            })),
+            Err(e) => match map_err("head", key, e) {
+                StoreError::NotFound(_) => Ok(None),
+                err => Err(err),
+            },
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        let root = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let full_prefix = format!("{root}{prefix}");
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_err("list", prefix, e))?;
+            for obj in page.contents() {
+                let Some(full) = obj.key() else { continue };
+                let Some(key) = full.strip_prefix(&root) else {
+                    continue;
+                };
+                if validate_key(key).is_err() {
+                    tracing::warn!(key = full, bucket = %self.bucket, "s3 store list: skipping an object whose key is not a valid store key");
+                    continue;
+                }
+                out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    etag: obj.e_tag().map(unquote_etag).unwrap_or_default(),
+                    metadata: BTreeMap::new(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        validate_key(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err("delete", key, e) {
+                StoreError::NotFound(_) => Ok(()),
+                err => Err(err),
+            },
+        }
+    }
+
+    async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta> {
+        validate_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key))
+            .send()
+            .await
+            .map_err(|e| map_err("get", key, e))?;
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().map(unquote_etag).unwrap_or_default(),
+            metadata: to_btree(out.metadata()),
+        };
+        let io = |e: std::io::Error| StoreError::Io(dest.display().to_string(), e);
+        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut body = out.body.into_async_read();
+        let copied = async {
+            let n = tokio::io::copy_buf(&mut body, &mut file).await?;
+            file.flush().await?;
+            Ok::<u64, std::io::Error>(n)
+        }
+        .await;
+        match copied {
+            Ok(n) => Ok(ObjectMeta { size: n, ..meta }),
+            Err(e) => {
+                drop(file);
+                let _ = tokio::fs::remove_file(dest).await;
+                Err(StoreError::Backend(format!(
+                    "download {key} to {}: {}",
+                    dest.display(),
+                    DisplayErrorContext(&e)
+                )))
+            }
+        }
+    }
+}
+
+fn quote_etag(etag: &str) -> String {
+    format!("\"{}\"", unquote_etag(etag))
+}
+
+fn unquote_etag(etag: &str) -> String {
+    etag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
+}
+
+fn to_btree(m: Option<&std::collections::HashMap<String, String>>) -> BTreeMap<String, String> {
+    m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn http_status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// Map an SDK error to a [`StoreError`] by HTTP status and S3 error code (the generated error types
+/// have no variants for 412/409 on PutObject).
+fn map_err<E>(op: &str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = http_status(&err);
+    let code = err.code().map(str::to_string);
+    match (status, code.as_deref()) {
+        // A missing bucket is a configuration error, not a missing object.
+        (_, Some("NoSuchBucket")) => {}
+        (Some(404), _) | (_, Some("NoSuchKey")) => return StoreError::NotFound(key.to_string()),
+        (Some(412), _)
+        | (Some(409), _)
+        | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+            return StoreError::PreconditionFailed(key.to_string())
+        }
+        _ => {}
+    }
+    let detail = match (&code, err.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.clone(),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    match status {
+        Some(s) => StoreError::Backend(format!("{op} {key}: {detail} (HTTP {s})")),
+        None => StoreError::Backend(format!("{op} {key}: {detail}")),
+    }
+}

@@ -1,0 +1,374 @@
+//! A local moto S3 server for integration tests.
+//!
+//! ```ignore
+//! let Some(moto) = common::moto::MotoServer::start_or_skip() else { return };
+//! let client = moto.client();
+//! moto.create_bucket("images").await;
+//! ```
+//!
+//! - `moto_server` is looked up at `$LOOKALIKE_MOTO_SERVER`, then `<repo>/.venv/bin/moto_server`
+//!   (what `scripts/bootstrap-venv.sh` installs), then on `PATH`.
+//! - When it cannot be found, `start_or_skip` prints `SKIPPED: ...` and returns `None`, unless
+//!   `LOOKALIKE_REQUIRE_MOTO=1` (set by `scripts/test.sh`, so CI never skips silently): then it
+//!   panics.
+//! - Each server listens on its own free port on 127.0.0.1, runs in its own process group and is
+//!   killed (with anything it started) when the `MotoServer` is dropped, or when the test process
+//!   dies (`PR_SET_PDEATHSIG` from a spawner thread that lives as long as the process).
+//! - `client()` carries its own endpoint, region and static credentials: tests never depend on
+//!   process-wide environment variables, so they can run in parallel threads.
+//! - `MotoServer::shared()` is one server per test binary, for tests that only need isolated
+//!   buckets (use `unique_bucket`).
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running moto server; killed on drop.
+pub struct MotoServer {
+    child: Option<Child>,
+    port: u16,
+    _log_dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for MotoServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MotoServer")
+            .field("endpoint", &self.endpoint())
+            .finish()
+    }
+}
+
+/// Where `moto_server` is, if anywhere.
+pub fn find_moto_server() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LOOKALIKE_MOTO_SERVER") {
+        let p = PathBuf::from(p);
+        if is_executable(&p) {
+            return Some(p);
+        }
+        panic!(
+            "LOOKALIKE_MOTO_SERVER={} is not an executable file",
+            p.display()
+        );
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    if is_executable(&venv) {
+        return Some(venv);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("moto_server"))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn moto_required() -> bool {
+    matches!(
+        std::env::var("LOOKALIKE_REQUIRE_MOTO").as_deref(),
+        Ok("1" | "true" | "yes")
+    )
+}
+
+impl MotoServer {
+    /// Start a server; `Err` with a reason when `moto_server` is not installed or fails to start.
+    pub fn start() -> Result<MotoServer, String> {
+        let exe = find_moto_server()
+            .ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())?;
+        let mut last_err = String::new();
+        // A free port can be taken by someone else between probing and moto's bind: retry.
+        for _ in 0..3 {
+            match Self::start_once(&exe) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Start a server, or print `SKIPPED: ...` and return `None` when moto is not installed
+    /// (panics instead when `LOOKALIKE_REQUIRE_MOTO=1`, or when an installed moto fails to start).
+    pub fn start_or_skip() -> Option<MotoServer> {
+        if find_moto_server().is_none() {
+            if moto_required() {
+                panic!("moto_server not found but LOOKALIKE_REQUIRE_MOTO is set; run scripts/bootstrap-venv.sh");
+            }
+            println!("SKIPPED: moto_server not found; run scripts/test.sh");
+            return None;
+        }
+        Some(Self::start().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// One server shared by all tests of this test binary (started on first use, killed when the
+    /// process exits). `None` (after printing `SKIPPED: ...`) when moto is not installed.
+    pub fn shared() -> Option<&'static MotoServer> {
+        static SHARED: OnceLock<Option<MotoServer>> = OnceLock::new();
+        let server = SHARED
+            .get_or_init(|| {
+                let found = find_moto_server().is_some();
+                (found || moto_required()).then(|| Self::start().unwrap_or_else(|e| panic!("{e}")))
+            })
+            .as_ref();
+        if server.is_none() {
+            println!("SKIPPED: moto_server not found; run scripts/test.sh");
+        }
+        server
+    }
+
+    fn start_once(exe: &Path) -> Result<MotoServer, String> {
+        let port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
+        let log_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let log_path = log_dir.path().join("moto.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let mut cmd = serialized_command(exe);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .env_remove("AWS_ENDPOINT_URL")
+            .process_group(0);
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() == 1 {
+                    libc::_exit(1); // the test process is already gone
+                }
+                Ok(())
+            });
+        }
+        let child = spawn_from_long_lived_thread(cmd)
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let mut server = MotoServer {
+            child: Some(child),
+            port,
+            _log_dir: log_dir,
+        };
+
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                server.child = None;
+                return Err(format!(
+                    "moto_server exited during startup ({status}) on port {port}:\n{}",
+                    read_tail(&log_path)
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && http_ok(addr)
+            {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "moto_server did not answer on {addr} within {STARTUP_TIMEOUT:?}:\n{}",
+                    read_tail(&log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for this server: path-style, us-east-1, static test credentials.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(self.s3_config())
+    }
+
+    /// The client configuration (to derive variants, e.g. other timeouts).
+    pub fn s3_config(&self) -> aws_sdk_s3::Config {
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "moto-test",
+            ))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .build()
+    }
+
+    /// Environment variables that point the standard AWS config chain at this server (for child
+    /// processes such as the CLI; never set them on the test process itself).
+    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    pub async fn create_bucket(&self, name: &str) {
+        self.client()
+            .create_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create bucket {name}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            });
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The child leads its own process group: kill the whole group.
+            // SAFETY: plain syscall on a pid we own.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// moto checks `If-Match` / `If-None-Match` and then stores the object in separate steps, and its
+/// server handles requests in parallel threads: two conditional PUTs with the same etag can both
+/// pass the check, and one update is lost (seen here about once in ten runs of 8 racing writers).
+/// Real S3 makes the check and the write one atomic step. To give the tests S3's semantics, moto
+/// is started through its own Python with the WSGI application wrapped in a lock, so requests are
+/// handled one at a time (the GIL serialises them anyway, so this costs little).
+const SERIALIZED_MOTO: &str = r#"
+import sys, threading
+from moto.moto_server import werkzeug_app
+from moto.server import main
+_lock = threading.Lock()
+_call = werkzeug_app.DomainDispatcherApplication.__call__
+def _serialized(self, environ, start_response):
+    with _lock:
+        return _call(self, environ, start_response)
+werkzeug_app.DomainDispatcherApplication.__call__ = _serialized
+sys.argv[0] = "moto_server"
+sys.exit(main())
+"#;
+
+/// `moto_server`'s own interpreter running [`SERIALIZED_MOTO`], found through the script's shebang
+/// line (`#!/path/to/python` or `#!/usr/bin/env python3`); `exe` itself if it is no Python script.
+fn serialized_command(exe: &Path) -> Command {
+    let shebang = std::fs::File::open(exe).ok().and_then(|f| {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(f).take(512), &mut line).ok()?;
+        line.strip_prefix("#!").map(|l| l.trim().to_string())
+    });
+    let parts: Vec<&str> = shebang
+        .as_deref()
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    match parts.split_first() {
+        Some((program, args)) if parts.iter().any(|p| p.contains("python")) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg("-c").arg(SERIALIZED_MOTO);
+            cmd
+        }
+        _ => Command::new(exe),
+    }
+}
+
+/// A bucket name that is unique within this test run (pid + counter).
+pub fn unique_bucket(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id()).to_ascii_lowercase()
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// Is there an HTTP server (rather than some other listener) on `addr`?
+fn http_ok(addr: SocketAddr) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+}
+
+fn read_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(4000);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawn `cmd` from a thread that lives as long as the process, so that `PR_SET_PDEATHSIG`
+/// (which fires when the *thread* that forked exits) means "when the test process dies".
+fn spawn_from_long_lived_thread(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("moto-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // The sender lives in a static: never reached; park just in case.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn the moto spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .unwrap()
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?
+}
