@@ -200,7 +200,7 @@ impl Ingester {
         progress: Option<Progress>,
     ) -> Result<Vec<(ObjectMeta, Result<Vec<f32>, String>)>, IndexError> {
         let encoder = self.encoder.clone();
-        let limits = self.limits.clone();
+        let limits = self.limits;
         // Encoding is CPU-bound: run it on rayon's pool, off the async runtime.
         let run = move || {
             fetched
