@@ -32,7 +32,8 @@ pub enum MetadataError {
 impl MetadataTable {
     pub fn load(path: &Path) -> Result<Self, MetadataError> {
         let shown = path.display().to_string();
-        let mut reader = csv::Reader::from_path(path).map_err(|e| MetadataError::Read(shown.clone(), e))?;
+        let mut reader =
+            csv::Reader::from_path(path).map_err(|e| MetadataError::Read(shown.clone(), e))?;
         Self::from_reader(&mut reader, &shown)
     }
 
@@ -41,17 +42,34 @@ impl MetadataTable {
         Self::from_reader(&mut reader, "<string>")
     }
 
-    fn from_reader<R: std::io::Read>(reader: &mut csv::Reader<R>, shown: &str) -> Result<Self, MetadataError> {
-        let headers = reader.headers().map_err(|e| MetadataError::Read(shown.into(), e))?.clone();
+    fn from_reader<R: std::io::Read>(
+        reader: &mut csv::Reader<R>,
+        shown: &str,
+    ) -> Result<Self, MetadataError> {
+        let headers = reader
+            .headers()
+            .map_err(|e| MetadataError::Read(shown.into(), e))?
+            .clone();
         if headers.is_empty() {
-            return Err(MetadataError::Invalid(shown.into(), "empty header; expected key,field,...".into()));
+            return Err(MetadataError::Invalid(
+                shown.into(),
+                "empty header; expected key,field,...".into(),
+            ));
         }
         let mut rows = HashMap::new();
         for (line, record) in reader.records().enumerate() {
             let record = record.map_err(|e| MetadataError::Read(shown.into(), e))?;
-            let key = record.get(0).unwrap_or("").trim().trim_start_matches('/').to_string();
+            let key = record
+                .get(0)
+                .unwrap_or("")
+                .trim()
+                .trim_start_matches('/')
+                .to_string();
             if key.is_empty() {
-                return Err(MetadataError::Invalid(shown.into(), format!("row {} has an empty key", line + 2)));
+                return Err(MetadataError::Invalid(
+                    shown.into(),
+                    format!("row {} has an empty key", line + 2),
+                ));
             }
             let fields: Map<String, Value> = headers
                 .iter()
@@ -90,7 +108,10 @@ mod tests {
 
     #[test]
     fn csv_rows_become_metadata() {
-        let t = MetadataTable::from_csv_str("key,price,brand\nshoes/1.jpg,10,acme\n/hat/2.jpg,5,\"b, c\"\n").unwrap();
+        let t = MetadataTable::from_csv_str(
+            "key,price,brand\nshoes/1.jpg,10,acme\n/hat/2.jpg,5,\"b, c\"\n",
+        )
+        .unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t.get("shoes/1.jpg").unwrap()["brand"], "acme");
         assert_eq!(t.get("hat/2.jpg").unwrap()["brand"], "b, c");

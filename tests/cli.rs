@@ -19,12 +19,20 @@ fn lookalike(dir: &Path, args: &[&str]) -> Output {
 
 fn ok(out: Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
 fn err(out: Output) -> String {
-    assert!(!out.status.success(), "should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -35,47 +43,84 @@ fn index_query_stats_delete_compact() {
     }
     let dir = common::tempdir();
     let photos = dir.path().join("photos");
-    for (cat, name) in [("animals", "chelsea.jpg"), ("drinks", "coffee.jpg"), ("vehicles", "rocket.jpg")] {
+    for (cat, name) in [
+        ("animals", "chelsea.jpg"),
+        ("drinks", "coffee.jpg"),
+        ("vehicles", "rocket.jpg"),
+    ] {
         std::fs::create_dir_all(photos.join(cat)).unwrap();
         std::fs::copy(common::fixture(name), photos.join(cat).join(name)).unwrap();
     }
     std::fs::write(photos.join("animals/broken.jpg"), b"not a jpeg").unwrap();
     std::fs::write(photos.join("notes.txt"), b"not an image name").unwrap();
-    std::fs::write(dir.path().join("meta.csv"), "key,title\nanimals/chelsea.jpg,Chelsea\n").unwrap();
+    std::fs::write(
+        dir.path().join("meta.csv"),
+        "key,title\nanimals/chelsea.jpg,Chelsea\n",
+    )
+    .unwrap();
 
-    let out = ok(lookalike(dir.path(), &["index", "photos", "--metadata", "meta.csv"]));
+    let out = ok(lookalike(
+        dir.path(),
+        &["index", "photos", "--metadata", "meta.csv"],
+    ));
     assert!(out.contains("indexed 3 images"), "{out}");
-    assert!(out.contains("animals/broken.jpg"), "the undecodable file is listed: {out}");
+    assert!(
+        out.contains("animals/broken.jpg"),
+        "the undecodable file is listed: {out}"
+    );
     assert!(out.contains("ignored 1 files"), "{out}");
 
-    let out = ok(lookalike(dir.path(), &["query", "photos/animals/chelsea.jpg", "-k", "2", "--json"]));
+    let out = ok(lookalike(
+        dir.path(),
+        &["query", "photos/animals/chelsea.jpg", "-k", "2", "--json"],
+    ));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["results"][0]["key"], "animals/chelsea.jpg");
     assert_eq!(v["results"][0]["category"], "animals");
     assert_eq!(v["results"][0]["metadata"]["title"], "Chelsea");
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
 
-    let out = ok(lookalike(dir.path(), &["query", "photos/drinks/coffee.jpg", "--category", "vehicles"]));
-    assert!(out.contains("vehicles/rocket.jpg") && !out.contains("drinks/coffee.jpg"), "{out}");
-    let out = ok(lookalike(dir.path(), &["query", "--key", "drinks/coffee.jpg", "--json"]));
+    let out = ok(lookalike(
+        dir.path(),
+        &[
+            "query",
+            "photos/drinks/coffee.jpg",
+            "--category",
+            "vehicles",
+        ],
+    ));
+    assert!(
+        out.contains("vehicles/rocket.jpg") && !out.contains("drinks/coffee.jpg"),
+        "{out}"
+    );
+    let out = ok(lookalike(
+        dir.path(),
+        &["query", "--key", "drinks/coffee.jpg", "--json"],
+    ));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
 
-    let v: serde_json::Value = serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
     assert_eq!(v["items"], 3);
     assert_eq!(v["segments"], 1);
     assert_eq!(v["version"], 1);
 
     // Indexing again changes nothing.
     let out = ok(lookalike(dir.path(), &["index", "photos"]));
-    assert!(out.contains("indexed 0 images (3 already indexed)"), "{out}");
+    assert!(
+        out.contains("indexed 0 images (3 already indexed)"),
+        "{out}"
+    );
 
     ok(lookalike(dir.path(), &["delete", "vehicles/rocket.jpg"]));
-    let v: serde_json::Value = serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
     assert_eq!(v["items"], 2);
     let out = ok(lookalike(dir.path(), &["compact", "--all"]));
     assert!(out.contains("merged 1 segments"), "{out}");
-    let v: serde_json::Value = serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
     assert_eq!(v["items"], 2);
     assert_eq!(v["stored_items"], 2);
     assert_eq!(v["deletions"], 0);
@@ -86,11 +131,23 @@ fn clear_errors() {
     let dir = common::tempdir();
     let e = err(lookalike(dir.path(), &["index", "no-such-folder"]));
     assert!(e.contains("no-such-folder is not a folder"), "{e}");
-    let e = err(lookalike(dir.path(), &["query", "x.jpg", "--model", "nowhere"]));
-    assert!(e.contains("cannot read x.jpg") || e.contains("no model in nowhere"), "{e}");
+    let e = err(lookalike(
+        dir.path(),
+        &["query", "x.jpg", "--model", "nowhere"],
+    ));
+    assert!(
+        e.contains("cannot read x.jpg") || e.contains("no model in nowhere"),
+        "{e}"
+    );
     std::fs::write(dir.path().join("q.jpg"), b"junk").unwrap();
-    let e = err(lookalike(dir.path(), &["query", "q.jpg", "--model", "nowhere"]));
-    assert!(e.contains("no model in nowhere") && e.contains("lookalike model import"), "{e}");
+    let e = err(lookalike(
+        dir.path(),
+        &["query", "q.jpg", "--model", "nowhere"],
+    ));
+    assert!(
+        e.contains("no model in nowhere") && e.contains("lookalike model import"),
+        "{e}"
+    );
     let e = err(lookalike(dir.path(), &["query", "q.jpg", "-k", "0"]));
     assert!(e.contains("k must be between 1 and 100"), "{e}");
     let e = err(lookalike(dir.path(), &["query", "--key", "nope.jpg"]));

@@ -22,7 +22,10 @@ use rand::{RngExt, SeedableRng};
 const DIMS: usize = 16;
 
 fn model() -> ModelRef {
-    ModelRef { id: "test-model".into(), dims: DIMS }
+    ModelRef {
+        id: "test-model".into(),
+        dims: DIMS,
+    }
 }
 
 fn unit(v: Vec<f32>) -> Vec<f32> {
@@ -63,7 +66,9 @@ async fn stores() -> Vec<(&'static str, DynStore)> {
 
 async fn open(store: &DynStore) -> Index {
     let cache = tempfile::tempdir().unwrap().keep();
-    Index::open(store.clone(), &cache, Some(model())).await.unwrap()
+    Index::open(store.clone(), &cache, Some(model()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,10 +78,19 @@ async fn round_trip_search_delete_overwrite() {
         assert_eq!(index.snapshot().live_items(), 0, "{name}: empty index");
         let mut rng = StdRng::seed_from_u64(1);
         let items: Vec<_> = (0..40)
-            .map(|i| item(&format!("cat{}/img{i}.jpg", i % 3), "e1", random_vec(&mut rng)))
+            .map(|i| {
+                item(
+                    &format!("cat{}/img{i}.jpg", i % 3),
+                    "e1",
+                    random_vec(&mut rng),
+                )
+            })
             .collect();
         let probe = items[7].1.clone();
-        let c = writer::append(&index, &model(), items, &[], BuildParams::default()).await.unwrap().unwrap();
+        let c = writer::append(&index, &model(), items, &[], BuildParams::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(c.version, 1);
         let snap = index.refresh().await.unwrap();
         assert_eq!(snap.live_items(), 40, "{name}");
@@ -97,24 +111,48 @@ async fn round_trip_search_delete_overwrite() {
         // Overwrite with a new vector in a new segment: only the new one is visible.
         let mut new_v = probe.iter().map(|x| -x).collect::<Vec<_>>();
         new_v = unit(new_v);
-        writer::append(&index, &model(), vec![item("cat1/img7.jpg", "e2", new_v.clone())], &[], BuildParams::default())
-            .await
-            .unwrap();
+        writer::append(
+            &index,
+            &model(),
+            vec![item("cat1/img7.jpg", "e2", new_v.clone())],
+            &[],
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
         let snap = index.refresh().await.unwrap();
         assert_eq!(snap.live_items(), 40, "{name}: overwrite keeps the count");
         assert_eq!(snap.record("cat1/img7.jpg").unwrap().unwrap().etag, "e2");
         let hits = snap.search(&probe, 40, None, None).unwrap();
-        assert_eq!(hits.iter().filter(|h| h.record.key == "cat1/img7.jpg").count(), 1);
-        assert_eq!(snap.search(&new_v, 1, None, None).unwrap()[0].record.etag, "e2");
+        assert_eq!(
+            hits.iter()
+                .filter(|h| h.record.key == "cat1/img7.jpg")
+                .count(),
+            1
+        );
+        assert_eq!(
+            snap.search(&new_v, 1, None, None).unwrap()[0].record.etag,
+            "e2"
+        );
 
         // Delete: gone from results, lookups and counts.
-        writer::append(&index, &model(), vec![], &["cat1/img7.jpg".to_string()], BuildParams::default())
-            .await
-            .unwrap();
+        writer::append(
+            &index,
+            &model(),
+            vec![],
+            &["cat1/img7.jpg".to_string()],
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
         let snap = index.refresh().await.unwrap();
         assert_eq!(snap.live_items(), 39, "{name}");
         assert!(snap.record("cat1/img7.jpg").unwrap().is_none());
-        assert!(snap.search(&new_v, 39, None, None).unwrap().iter().all(|h| h.record.key != "cat1/img7.jpg"));
+        assert!(snap
+            .search(&new_v, 39, None, None)
+            .unwrap()
+            .iter()
+            .all(|h| h.record.key != "cat1/img7.jpg"));
     }
 }
 
@@ -127,16 +165,24 @@ async fn concurrent_writers_lose_nothing_and_duplicate_nothing() {
             let index = index.clone();
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(w);
-                let items: Vec<_> =
-                    (0..25).map(|i| item(&format!("w{w}/{i}.jpg"), "e", random_vec(&mut rng))).collect();
-                writer::append(&index, &model(), items, &[], BuildParams::default()).await.unwrap().unwrap()
+                let items: Vec<_> = (0..25)
+                    .map(|i| item(&format!("w{w}/{i}.jpg"), "e", random_vec(&mut rng)))
+                    .collect();
+                writer::append(&index, &model(), items, &[], BuildParams::default())
+                    .await
+                    .unwrap()
+                    .unwrap()
             }));
         }
         let mut versions = HashSet::new();
         for t in tasks {
             versions.insert(t.await.unwrap().version);
         }
-        assert_eq!(versions.len(), 8, "{name}: every commit got its own version");
+        assert_eq!(
+            versions.len(),
+            8,
+            "{name}: every commit got its own version"
+        );
         let snap = index.refresh().await.unwrap();
         assert_eq!(snap.segment_count(), 8);
         assert_eq!(snap.live_items(), 200, "{name}: exactly 200 items");
@@ -152,36 +198,68 @@ async fn compaction_keeps_live_items_and_results() {
         let index = open(&store).await;
         let mut rng = StdRng::seed_from_u64(7);
         for b in 0..5 {
-            let items: Vec<_> =
-                (0..20).map(|i| item(&format!("c{}/b{b}-{i}.jpg", i % 2), "e", random_vec(&mut rng))).collect();
-            writer::append(&index, &model(), items, &[], BuildParams::default()).await.unwrap();
+            let items: Vec<_> = (0..20)
+                .map(|i| {
+                    item(
+                        &format!("c{}/b{b}-{i}.jpg", i % 2),
+                        "e",
+                        random_vec(&mut rng),
+                    )
+                })
+                .collect();
+            writer::append(&index, &model(), items, &[], BuildParams::default())
+                .await
+                .unwrap();
         }
         // An overwrite and a delete that compaction must respect.
         let over = random_vec(&mut rng);
-        writer::append(&index, &model(), vec![item("c0/b0-0.jpg", "e2", over.clone())], &["c1/b1-1.jpg".into()], BuildParams::default())
-            .await
-            .unwrap();
+        writer::append(
+            &index,
+            &model(),
+            vec![item("c0/b0-0.jpg", "e2", over.clone())],
+            &["c1/b1-1.jpg".into()],
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
         let before = index.refresh().await.unwrap();
         assert_eq!(before.live_items(), 99);
         let queries: Vec<Vec<f32>> = (0..10).map(|_| random_vec(&mut rng)).collect();
         let results = |snap: &lookalike::index::Snapshot| -> Vec<Vec<String>> {
             queries
                 .iter()
-                .map(|q| snap.search(q, 10, None, None).unwrap().into_iter().map(|h| h.record.key).collect())
+                .map(|q| {
+                    snap.search(q, 10, None, None)
+                        .unwrap()
+                        .into_iter()
+                        .map(|h| h.record.key)
+                        .collect()
+                })
                 .collect()
         };
         let expected = results(&before);
 
-        let c = writer::compact(&index, CompactionPolicy::Tiered { fanout: 4 }, BuildParams::default())
-            .await
-            .unwrap()
-            .expect("six level-0 segments trigger a merge");
+        let c = writer::compact(
+            &index,
+            CompactionPolicy::Tiered { fanout: 4 },
+            BuildParams::default(),
+        )
+        .await
+        .unwrap()
+        .expect("six level-0 segments trigger a merge");
         assert_eq!(c.merged.len(), 6);
         let after = index.snapshot();
         assert_eq!(after.segment_count(), 1, "{name}");
         assert_eq!(after.live_items(), 99);
-        assert_eq!(after.manifest.total_items(), 99, "{name}: hidden items are dropped");
-        assert!(after.manifest.deleted.is_empty(), "{name}: deletions are pruned");
+        assert_eq!(
+            after.manifest.total_items(),
+            99,
+            "{name}: hidden items are dropped"
+        );
+        assert!(
+            after.manifest.deleted.is_empty(),
+            "{name}: deletions are pruned"
+        );
         assert_eq!(after.record("c0/b0-0.jpg").unwrap().unwrap().etag, "e2");
         assert!(after.record("c1/b1-1.jpg").unwrap().is_none());
         assert_eq!(results(&after), expected, "{name}: same search results");
@@ -204,20 +282,42 @@ async fn uncommitted_segment_is_invisible_and_collected() {
     for (name, store) in stores().await {
         let index = open(&store).await;
         let mut rng = StdRng::seed_from_u64(3);
-        writer::append(&index, &model(), vec![item("a/1.jpg", "e", random_vec(&mut rng))], &[], BuildParams::default())
-            .await
-            .unwrap();
+        writer::append(
+            &index,
+            &model(),
+            vec![item("a/1.jpg", "e", random_vec(&mut rng))],
+            &[],
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
         // A writer that dies after uploading its segment, before the manifest commit.
-        let orphan = writer::build_and_upload(&index, &model(), vec![item("a/2.jpg", "e", random_vec(&mut rng))], 0, BuildParams::default())
-            .await
-            .unwrap();
+        let orphan = writer::build_and_upload(
+            &index,
+            &model(),
+            vec![item("a/2.jpg", "e", random_vec(&mut rng))],
+            0,
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
         let snap = index.refresh().await.unwrap();
         assert_eq!(snap.live_items(), 1, "{name}: the orphan is never served");
         assert!(snap.record("a/2.jpg").unwrap().is_none());
         // Young orphans are kept (their writer may still commit); old ones are removed.
-        assert!(writer::gc(&index, Duration::from_secs(3600)).await.unwrap().is_empty());
-        assert_eq!(writer::gc(&index, Duration::ZERO).await.unwrap(), vec![orphan.entry.name.clone()]);
-        assert!(store.head(&segment_key(&orphan.entry.name)).await.unwrap().is_none());
+        assert!(writer::gc(&index, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            writer::gc(&index, Duration::ZERO).await.unwrap(),
+            vec![orphan.entry.name.clone()]
+        );
+        assert!(store
+            .head(&segment_key(&orphan.entry.name))
+            .await
+            .unwrap()
+            .is_none());
         assert_eq!(index.refresh().await.unwrap().live_items(), 1);
     }
 }
@@ -225,13 +325,28 @@ async fn uncommitted_segment_is_invisible_and_collected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_manifest_format_is_refused() {
     for (name, store) in stores().await {
-        let mut m: serde_json::Value = serde_json::from_slice(&Manifest::new(model()).to_bytes()).unwrap();
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&Manifest::new(model()).to_bytes()).unwrap();
         m["format"] = 2.into();
-        store.put(MANIFEST_KEY, Bytes::from(serde_json::to_vec(&m).unwrap())).await.unwrap();
+        store
+            .put(MANIFEST_KEY, Bytes::from(serde_json::to_vec(&m).unwrap()))
+            .await
+            .unwrap();
         let cache = tempfile::tempdir().unwrap();
-        let err = Index::open(store.clone(), cache.path(), None).await.unwrap_err();
-        assert!(matches!(err, IndexError::Manifest(ManifestError::UnknownFormat { found: 2 })), "{name}: {err}");
-        assert!(err.to_string().contains("format version 2"), "{name}: {err}");
+        let err = Index::open(store.clone(), cache.path(), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IndexError::Manifest(ManifestError::UnknownFormat { found: 2 })
+            ),
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_string().contains("format version 2"),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -240,17 +355,37 @@ async fn other_model_is_refused_with_both_ids() {
     for (name, store) in stores().await {
         let index = open(&store).await;
         let mut rng = StdRng::seed_from_u64(5);
-        writer::append(&index, &model(), vec![item("a/1.jpg", "e", random_vec(&mut rng))], &[], BuildParams::default())
-            .await
-            .unwrap();
-        let other = ModelRef { id: "other-model".into(), dims: DIMS };
+        writer::append(
+            &index,
+            &model(),
+            vec![item("a/1.jpg", "e", random_vec(&mut rng))],
+            &[],
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
+        let other = ModelRef {
+            id: "other-model".into(),
+            dims: DIMS,
+        };
         let cache = tempfile::tempdir().unwrap();
-        let err = Index::open(store.clone(), cache.path(), Some(other.clone())).await.unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("test-model") && msg.contains("other-model"), "{name}: {msg}");
-        let err = writer::append(&index, &other, vec![item("a/2.jpg", "e", random_vec(&mut rng))], &[], BuildParams::default())
+        let err = Index::open(store.clone(), cache.path(), Some(other.clone()))
             .await
             .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("test-model") && msg.contains("other-model"),
+            "{name}: {msg}"
+        );
+        let err = writer::append(
+            &index,
+            &other,
+            vec![item("a/2.jpg", "e", random_vec(&mut rng))],
+            &[],
+            BuildParams::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, IndexError::ModelMismatch { .. }), "{name}");
     }
 }
@@ -294,7 +429,8 @@ impl ObjectStore for CorruptingStore {
         let meta = self.inner.download_to(key, dest).await?;
         let left = self.bad.load(std::sync::atomic::Ordering::SeqCst);
         if left > 0 {
-            self.bad.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            self.bad
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
             let mut data = std::fs::read(dest).unwrap();
             if self.truncate {
                 data.truncate(data.len() / 2);
@@ -313,24 +449,49 @@ async fn corrupt_or_truncated_downloads_are_fetched_again_never_opened() {
     for (name, store) in stores().await {
         let writer_index = open(&store).await;
         let mut rng = StdRng::seed_from_u64(9);
-        let items: Vec<_> = (0..10).map(|i| item(&format!("a/{i}.jpg"), "e", random_vec(&mut rng))).collect();
-        writer::append(&writer_index, &model(), items, &[], BuildParams::default()).await.unwrap();
+        let items: Vec<_> = (0..10)
+            .map(|i| item(&format!("a/{i}.jpg"), "e", random_vec(&mut rng)))
+            .collect();
+        writer::append(&writer_index, &model(), items, &[], BuildParams::default())
+            .await
+            .unwrap();
 
         for truncate in [false, true] {
             // One bad transfer: detected by the checksum and fetched again.
-            let flaky: DynStore = Arc::new(CorruptingStore { inner: store.clone(), bad: 1.into(), truncate });
+            let flaky: DynStore = Arc::new(CorruptingStore {
+                inner: store.clone(),
+                bad: 1.into(),
+                truncate,
+            });
             let cache = tempfile::tempdir().unwrap();
-            let index = Index::open(flaky, cache.path(), Some(model())).await.unwrap();
-            assert_eq!(index.snapshot().live_items(), 10, "{name}: recovered from a bad download");
+            let index = Index::open(flaky, cache.path(), Some(model()))
+                .await
+                .unwrap();
+            assert_eq!(
+                index.snapshot().live_items(),
+                10,
+                "{name}: recovered from a bad download"
+            );
 
             // Every transfer bad: a clear error, and nothing under a segment name in the cache.
-            let broken: DynStore = Arc::new(CorruptingStore { inner: store.clone(), bad: 100.into(), truncate });
+            let broken: DynStore = Arc::new(CorruptingStore {
+                inner: store.clone(),
+                bad: 100.into(),
+                truncate,
+            });
             let cache = tempfile::tempdir().unwrap();
-            let err = Index::open(broken, cache.path(), Some(model())).await.unwrap_err();
+            let err = Index::open(broken, cache.path(), Some(model()))
+                .await
+                .unwrap_err();
             assert!(matches!(err, IndexError::Corrupt(..)), "{name}: {err}");
-            let names: Vec<String> =
-                std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
-            assert!(names.iter().all(|n| !n.ends_with(".lmdb")), "{name}: {names:?}");
+            let names: Vec<String> = std::fs::read_dir(cache.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into())
+                .collect();
+            assert!(
+                names.iter().all(|n| !n.ends_with(".lmdb")),
+                "{name}: {names:?}"
+            );
         }
     }
 }

@@ -20,14 +20,22 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 /// A distinct, decodable 96x96 JPEG: random coloured blocks from `seed`.
 fn synthetic_jpeg(seed: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let colours: Vec<[u8; 3]> = (0..16).map(|_| [rng.random(), rng.random(), rng.random()]).collect();
-    let img = image::RgbImage::from_fn(96, 96, |x, y| image::Rgb(colours[((y / 24) * 4 + x / 24) as usize]));
+    let colours: Vec<[u8; 3]> = (0..16)
+        .map(|_| [rng.random(), rng.random(), rng.random()])
+        .collect();
+    let img = image::RgbImage::from_fn(96, 96, |x, y| {
+        image::Rgb(colours[((y / 24) * 4 + x / 24) as usize])
+    });
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
     out.into_inner()
@@ -57,7 +65,10 @@ async fn setups(encoder: &Arc<Encoder>) -> Vec<(&'static str, Setup)> {
         Arc::new(LocalStore::new(d.join("images")).unwrap()),
         Arc::new(LocalStore::new(d.join("index")).unwrap()),
     ));
-    if let (Some(images), Some(index)) = (common::s3_store("images").await, common::s3_store("index").await) {
+    if let (Some(images), Some(index)) = (
+        common::s3_store("images").await,
+        common::s3_store("index").await,
+    ) {
         pairs.push(("s3", images, index));
     }
     for (name, source, index_store) in pairs {
@@ -78,81 +89,160 @@ async fn setups(encoder: &Arc<Encoder>) -> Vec<(&'static str, Setup)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
-    let Some(encoder) = common::encoder() else { return };
+    let Some(encoder) = common::encoder() else {
+        return;
+    };
     for (name, mut s) in setups(&encoder).await {
         let mut objects = vec![
             ("animals/chelsea.jpg".to_string(), fixture("chelsea.jpg")),
             ("drinks/coffee.jpg".to_string(), fixture("coffee.jpg")),
             ("vehicles/rocket.jpg".to_string(), fixture("rocket.jpg")),
-            ("broken/not-an-image.jpg".to_string(), b"this is not a JPEG".to_vec()),
+            (
+                "broken/not-an-image.jpg".to_string(),
+                b"this is not a JPEG".to_vec(),
+            ),
         ];
         objects.extend((0..6).map(|i| (format!("patterns/{i}.jpg"), synthetic_jpeg(i))));
         let metas = put_all(&s.source, &objects).await;
-        s.ingester.metadata =
-            Some(Arc::new(MetadataTable::from_csv_str("key,title\nanimals/chelsea.jpg,Chelsea the cat\n").unwrap()));
+        s.ingester.metadata = Some(Arc::new(
+            MetadataTable::from_csv_str("key,title\nanimals/chelsea.jpg,Chelsea the cat\n")
+                .unwrap(),
+        ));
 
-        let report = s.ingester.ingest(metas.clone(), vec![], None).await.unwrap();
+        let report = s
+            .ingester
+            .ingest(metas.clone(), vec![], None)
+            .await
+            .unwrap();
         assert_eq!(report.indexed(), 9, "{name}: {:?}", report.items);
         let rejected = report.rejected();
         assert_eq!(rejected.len(), 1, "{name}");
         assert_eq!(rejected[0].key, "broken/not-an-image.jpg");
-        let Outcome::Rejected { reason } = &rejected[0].outcome else { unreachable!() };
+        let Outcome::Rejected { reason } = &rejected[0].outcome else {
+            unreachable!()
+        };
         assert!(!reason.is_empty());
         assert_eq!(report.version, Some(1));
 
         // Query by image: the cat finds itself first, with its category and CSV metadata.
         let snap = s.ingester.index.snapshot();
         assert_eq!(snap.live_items(), 9);
-        let r = query::by_image(&snap, &encoder, &fixture("chelsea.jpg"), &Limits::default(), 3, None).unwrap();
+        let r = query::by_image(
+            &snap,
+            &encoder,
+            &fixture("chelsea.jpg"),
+            &Limits::default(),
+            3,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.results[0].key, "animals/chelsea.jpg", "{name}");
         assert!(r.results[0].score > 0.99);
         assert_eq!(r.results[0].category, "animals");
         assert_eq!(r.results[0].metadata["title"], "Chelsea the cat");
         assert_eq!(r.index_version, 1);
         // Category filter and query by key.
-        let r = query::by_image(&snap, &encoder, &fixture("chelsea.jpg"), &Limits::default(), 10, Some("patterns")).unwrap();
+        let r = query::by_image(
+            &snap,
+            &encoder,
+            &fixture("chelsea.jpg"),
+            &Limits::default(),
+            10,
+            Some("patterns"),
+        )
+        .unwrap();
         assert_eq!(r.results.len(), 6);
         assert!(r.results.iter().all(|h| h.category == "patterns"));
         let r = query::by_key(&snap, "drinks/coffee.jpg", 5, None).unwrap();
         assert_eq!(r.results.len(), 5);
         assert!(r.results.iter().all(|h| h.key != "drinks/coffee.jpg"));
-        assert!(matches!(query::by_key(&snap, "nope.jpg", 5, None), Err(query::QueryError::UnknownKey(_))));
-        assert!(matches!(query::by_key(&snap, "drinks/coffee.jpg", 0, None), Err(query::QueryError::BadK(0))));
-        assert!(matches!(query::by_key(&snap, "drinks/coffee.jpg", 101, None), Err(query::QueryError::BadK(101))));
+        assert!(matches!(
+            query::by_key(&snap, "nope.jpg", 5, None),
+            Err(query::QueryError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            query::by_key(&snap, "drinks/coffee.jpg", 0, None),
+            Err(query::QueryError::BadK(0))
+        ));
+        assert!(matches!(
+            query::by_key(&snap, "drinks/coffee.jpg", 101, None),
+            Err(query::QueryError::BadK(101))
+        ));
 
         // The same (key, etag) again: duplicates, no new commit.
         let again = s.ingester.ingest(metas, vec![], None).await.unwrap();
-        assert_eq!(again.count(|o| matches!(o, Outcome::Duplicate)), 9, "{name}");
+        assert_eq!(
+            again.count(|o| matches!(o, Outcome::Duplicate)),
+            9,
+            "{name}"
+        );
         assert_eq!(again.indexed(), 0);
         assert_eq!(s.ingester.index.snapshot().live_items(), 9);
 
         // Overwrite a key with other bytes (new etag): one item, the new vector.
-        let metas = put_all(&s.source, &[("drinks/coffee.jpg".to_string(), fixture("rocket.jpg"))]).await;
-        let over = s.ingester.ingest(metas, vec!["patterns/0.jpg".into()], None).await.unwrap();
+        let metas = put_all(
+            &s.source,
+            &[("drinks/coffee.jpg".to_string(), fixture("rocket.jpg"))],
+        )
+        .await;
+        let over = s
+            .ingester
+            .ingest(metas, vec!["patterns/0.jpg".into()], None)
+            .await
+            .unwrap();
         assert_eq!(over.indexed(), 1);
         let snap = s.ingester.index.snapshot();
-        assert_eq!(snap.live_items(), 8, "{name}: overwrite keeps one, delete removes one");
-        let r = query::by_image(&snap, &encoder, &fixture("rocket.jpg"), &Limits::default(), 2, None).unwrap();
+        assert_eq!(
+            snap.live_items(),
+            8,
+            "{name}: overwrite keeps one, delete removes one"
+        );
+        let r = query::by_image(
+            &snap,
+            &encoder,
+            &fixture("rocket.jpg"),
+            &Limits::default(),
+            2,
+            None,
+        )
+        .unwrap();
         let keys: HashSet<_> = r.results.iter().map(|h| h.key.as_str()).collect();
-        assert_eq!(keys, HashSet::from(["drinks/coffee.jpg", "vehicles/rocket.jpg"]), "{name}");
-        let r = query::by_image(&snap, &encoder, &fixture("coffee.jpg"), &Limits::default(), 8, None).unwrap();
+        assert_eq!(
+            keys,
+            HashSet::from(["drinks/coffee.jpg", "vehicles/rocket.jpg"]),
+            "{name}"
+        );
+        let r = query::by_image(
+            &snap,
+            &encoder,
+            &fixture("coffee.jpg"),
+            &Limits::default(),
+            8,
+            None,
+        )
+        .unwrap();
         assert!(r.results.iter().all(|h| h.key != "patterns/0.jpg"));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_ingests_of_25_images_make_exactly_200_items() {
-    let Some(encoder) = common::encoder() else { return };
+    let Some(encoder) = common::encoder() else {
+        return;
+    };
     for (name, s) in setups(&encoder).await {
-        let objects: Vec<(String, Vec<u8>)> =
-            (0..200).map(|i| (format!("w{}/{i}.jpg", i % 8), synthetic_jpeg(1000 + i))).collect();
+        let objects: Vec<(String, Vec<u8>)> = (0..200)
+            .map(|i| (format!("w{}/{i}.jpg", i % 8), synthetic_jpeg(1000 + i)))
+            .collect();
         let metas = put_all(&s.source, &objects).await;
         let ingester = Arc::new(s.ingester);
         let mut tasks = Vec::new();
         for w in 0..8 {
             let batch: Vec<ObjectMeta> = metas.iter().skip(w * 25).take(25).cloned().collect();
             let ingester = ingester.clone();
-            tasks.push(tokio::spawn(async move { ingester.ingest(batch, vec![], None).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                ingester.ingest(batch, vec![], None).await.unwrap()
+            }));
         }
         let mut indexed = 0;
         for t in tasks {

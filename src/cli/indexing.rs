@@ -59,7 +59,10 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
     };
     let listed = source.list("").await?;
     let total_files = listed.len();
-    let objects: Vec<_> = listed.into_iter().filter(|o| is_image_name(&o.key)).collect();
+    let objects: Vec<_> = listed
+        .into_iter()
+        .filter(|o| is_image_name(&o.key))
+        .collect();
     let ignored = total_files - objects.len();
     let ingester = Ingester {
         index: index.clone(),
@@ -67,21 +70,28 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
         source,
         limits: Limits::default(),
         metadata,
-        build: BuildParams { n_trees: args.trees, ..BuildParams::default() },
+        build: BuildParams {
+            n_trees: args.trees,
+            ..BuildParams::default()
+        },
     };
 
     let bar = ProgressBar::new(objects.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} indexing [{bar:40}] {pos}/{len} images  {per_sec}  ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} indexing [{bar:40}] {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let tick = bar.clone();
     let progress: lookalike::ingest::Progress = Arc::new(move |n| tick.inc(n));
 
     let mut reports = Vec::new();
     for batch in objects.chunks(args.batch_size.max(1)) {
-        let report = ingester.ingest(batch.to_vec(), Vec::new(), Some(progress.clone())).await?;
+        let report = ingester
+            .ingest(batch.to_vec(), Vec::new(), Some(progress.clone()))
+            .await?;
         reports.push(report);
     }
     bar.finish_and_clear();
@@ -114,10 +124,16 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
         snapshot.version(),
     );
     if ignored > 0 {
-        println!("ignored {ignored} files that are not images by name ({})", IMAGE_EXTENSIONS.join(", "));
+        println!(
+            "ignored {ignored} files that are not images by name ({})",
+            IMAGE_EXTENSIONS.join(", ")
+        );
     }
     if !rejected.is_empty() {
-        println!("skipped {} files that could not be indexed:", rejected.len());
+        println!(
+            "skipped {} files that could not be indexed:",
+            rejected.len()
+        );
         for r in &rejected {
             if let Outcome::Rejected { reason } = &r.outcome {
                 println!("  {}: {reason}", r.key);

@@ -25,9 +25,20 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         anyhow::bail!("index {} is empty: nothing to delete", args.location.index);
     }
     let model = snapshot.manifest.model.clone();
-    let commit = writer::append(&index, &model, Vec::new(), &args.keys, BuildParams::default()).await?;
+    let commit = writer::append(
+        &index,
+        &model,
+        Vec::new(),
+        &args.keys,
+        BuildParams::default(),
+    )
+    .await?;
     if let Some(c) = commit {
-        println!("deleted {} keys (index version {})", args.keys.len(), c.version);
+        println!(
+            "deleted {} keys (index version {})",
+            args.keys.len(),
+            c.version
+        );
     }
     Ok(())
 }
@@ -46,14 +57,25 @@ pub struct CompactArgs {
 
 pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let index = args.location.open(None).await?;
-    let policy = if args.all { CompactionPolicy::All } else { CompactionPolicy::Tiered { fanout: args.fanout } };
+    let policy = if args.all {
+        CompactionPolicy::All
+    } else {
+        CompactionPolicy::Tiered {
+            fanout: args.fanout,
+        }
+    };
     let mut rounds = 0;
     while let Some(c) = writer::compact(&index, policy, BuildParams::default()).await? {
         rounds += 1;
         println!(
             "merged {} segments into {} (index version {})",
             c.merged.len(),
-            c.output.as_ref().map_or("nothing (all items were deleted)".to_string(), |o| format!("{} ({} items)", o.name, o.items)),
+            c.output
+                .as_ref()
+                .map_or("nothing (all items were deleted)".to_string(), |o| format!(
+                    "{} ({} items)",
+                    o.name, o.items
+                )),
             c.version
         );
         if matches!(policy, CompactionPolicy::All) {
@@ -65,7 +87,10 @@ pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     }
     let removed = writer::gc(&index, Duration::from_secs(15 * 60)).await?;
     if !removed.is_empty() {
-        println!("removed {} unlisted segment files older than 15 minutes", removed.len());
+        println!(
+            "removed {} unlisted segment files older than 15 minutes",
+            removed.len()
+        );
     }
     Ok(())
 }

@@ -20,7 +20,11 @@ pub const DEFAULT_MODEL: &str = ".lookalike/model";
 pub const DEFAULT_CACHE: &str = ".lookalike/cache";
 
 #[derive(Debug, Parser)]
-#[command(name = "lookalike", version, about = "Image-similarity search: index images, query by image")]
+#[command(
+    name = "lookalike",
+    version,
+    about = "Image-similarity search: index images, query by image"
+)]
 pub struct Cli {
     /// More log output (repeat for more); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -73,7 +77,10 @@ impl IndexLocation {
     /// Open the index; with `encoder`, refuse an index built with another model.
     pub async fn open(&self, encoder: Option<&Encoder>) -> anyhow::Result<Index> {
         let store = store::open(&self.index).await?;
-        let model = encoder.map(|e| lookalike::index::ModelRef { id: e.model_id().to_string(), dims: e.dims() });
+        let model = encoder.map(|e| lookalike::index::ModelRef {
+            id: e.model_id().to_string(),
+            dims: e.dims(),
+        });
         Ok(Index::open(store, &self.cache_dir(), model).await?)
     }
 }
@@ -109,7 +116,10 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -40,8 +40,13 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Import(args) => {
             let card = tokio::task::spawn_blocking(move || {
-                import::import(&args.variant, &args.out, std::path::Path::new(&args.cache), args.pip.as_deref())
-                    .map(|c| (c, args.out))
+                import::import(
+                    &args.variant,
+                    &args.out,
+                    std::path::Path::new(&args.cache),
+                    args.pip.as_deref(),
+                )
+                .map(|c| (c, args.out))
             })
             .await??;
             println!(

@@ -10,8 +10,19 @@ pub fn print_results(response: &SearchResponse) {
     }
     println!("{:>4}  {:>6}  {:<14}  key", "rank", "score", "category");
     for (i, r) in response.results.iter().enumerate() {
-        let meta = if r.metadata.is_empty() { String::new() } else { format!("  {}", serde_json::Value::Object(r.metadata.clone())) };
-        println!("{:>4}  {:>6.3}  {:<14}  {}{}", i + 1, r.score, r.category, r.key, meta);
+        let meta = if r.metadata.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", serde_json::Value::Object(r.metadata.clone()))
+        };
+        println!(
+            "{:>4}  {:>6.3}  {:<14}  {}{}",
+            i + 1,
+            r.score,
+            r.category,
+            r.key,
+            meta
+        );
     }
     println!(
         "{} results in {:.1} ms (encode {:.1} ms, search {:.1} ms), index version {}",
@@ -48,9 +59,20 @@ pub fn print_stats(snapshot: &Snapshot, location: &str) {
     }
     println!("index      {location}");
     println!("version    {}", m.version);
-    println!("model      {} ({}-d, {})", m.model.id, m.model.dims, m.distance);
-    println!("items      {} live ({} stored)", snapshot.live_items(), m.total_items());
-    println!("segments   {} ({:.1} MiB)", snapshot.segment_count(), m.total_bytes() as f64 / (1 << 20) as f64);
+    println!(
+        "model      {} ({}-d, {})",
+        m.model.id, m.model.dims, m.distance
+    );
+    println!(
+        "items      {} live ({} stored)",
+        snapshot.live_items(),
+        m.total_items()
+    );
+    println!(
+        "segments   {} ({:.1} MiB)",
+        snapshot.segment_count(),
+        m.total_bytes() as f64 / (1 << 20) as f64
+    );
     println!("deletions  {}", m.deleted.len());
     for (c, n) in snapshot.categories() {
         println!("  {:<14} {n}", if c.is_empty() { "(none)" } else { &c });

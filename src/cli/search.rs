@@ -41,11 +41,19 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
         query::by_key(&snapshot, key, k, args.category.as_deref())?
     } else {
         let path = args.image.as_ref().expect("clap requires image or key");
-        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let encoder = args.model.load()?;
         let index = args.location.open(Some(&encoder)).await?;
         let snapshot = index.snapshot();
-        query::by_image(&snapshot, &encoder, &bytes, &Limits::default(), k, args.category.as_deref())?
+        query::by_image(
+            &snapshot,
+            &encoder,
+            &bytes,
+            &Limits::default(),
+            k,
+            args.category.as_deref(),
+        )?
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
@@ -67,7 +75,10 @@ pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let index = args.location.open(None).await?;
     let snapshot = index.snapshot();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats_json(&snapshot, &args.location.index))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats_json(&snapshot, &args.location.index))?
+        );
     } else {
         print_stats(&snapshot, &args.location.index);
     }

@@ -44,7 +44,11 @@ impl SegmentCache {
 
     /// Make every segment of `manifest` present and verified locally; remove the ones it no longer
     /// lists. Open segments keep working after their file is removed (the mapping stays valid).
-    pub async fn sync(&self, store: &dyn ObjectStore, manifest: &Manifest) -> Result<SyncReport, IndexError> {
+    pub async fn sync(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: &Manifest,
+    ) -> Result<SyncReport, IndexError> {
         let mut report = SyncReport::default();
         for entry in &manifest.segments {
             let path = self.path_of(&entry.name);
@@ -59,7 +63,11 @@ impl SegmentCache {
         Ok(report)
     }
 
-    async fn download(&self, store: &dyn ObjectStore, entry: &SegmentEntry) -> Result<(), IndexError> {
+    async fn download(
+        &self,
+        store: &dyn ObjectStore,
+        entry: &SegmentEntry,
+    ) -> Result<(), IndexError> {
         let dest = self.path_of(&entry.name);
         let mut last = String::new();
         for _ in 0..DOWNLOAD_ATTEMPTS {
@@ -75,7 +83,8 @@ impl SegmentCache {
                 .map_err(|e| IndexError::Internal(e.to_string()))?
                 .map_err(|e| IndexError::Io(dest.display().to_string(), e))?;
             if digest == entry.sha256 {
-                tmp.persist(&dest).map_err(|e| IndexError::Io(dest.display().to_string(), e.error))?;
+                tmp.persist(&dest)
+                    .map_err(|e| IndexError::Io(dest.display().to_string(), e.error))?;
                 return Ok(());
             }
             last = format!("sha256 {digest}, manifest says {}", entry.sha256);
@@ -85,9 +94,11 @@ impl SegmentCache {
     }
 
     fn remove_unlisted(&self, manifest: &Manifest) -> Result<Vec<String>, IndexError> {
-        let listed: std::collections::HashSet<&str> = manifest.segments.iter().map(|s| s.name.as_str()).collect();
+        let listed: std::collections::HashSet<&str> =
+            manifest.segments.iter().map(|s| s.name.as_str()).collect();
         let mut removed = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::Io(self.dir.display().to_string(), e))?;
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| IndexError::Io(self.dir.display().to_string(), e))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let seg_name = name.strip_suffix("-lock").unwrap_or(&name);
@@ -103,7 +114,10 @@ impl SegmentCache {
 }
 
 fn file_len(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len())
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 /// Hex sha256 of a file, streamed.

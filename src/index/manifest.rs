@@ -84,7 +84,8 @@ impl Manifest {
         if format != FORMAT_VERSION as u64 {
             return Err(ManifestError::UnknownFormat { found: format });
         }
-        let m: Manifest = serde_json::from_value(value).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+        let m: Manifest =
+            serde_json::from_value(value).map_err(|e| ManifestError::Invalid(e.to_string()))?;
         m.validate()?;
         Ok(m)
     }
@@ -97,15 +98,24 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), ManifestError> {
         if self.distance != DISTANCE {
-            return Err(ManifestError::Invalid(format!("unsupported distance {:?}", self.distance)));
+            return Err(ManifestError::Invalid(format!(
+                "unsupported distance {:?}",
+                self.distance
+            )));
         }
         let mut last = 0;
         for s in &self.segments {
             if !is_segment_name(&s.name) {
-                return Err(ManifestError::Invalid(format!("bad segment name {:?}", s.name)));
+                return Err(ManifestError::Invalid(format!(
+                    "bad segment name {:?}",
+                    s.name
+                )));
             }
             if s.sequence <= last || s.sequence >= self.next_sequence {
-                return Err(ManifestError::Invalid(format!("segment {} has sequence out of order", s.name)));
+                return Err(ManifestError::Invalid(format!(
+                    "segment {} has sequence out of order",
+                    s.name
+                )));
             }
             last = s.sequence;
         }
@@ -144,7 +154,10 @@ pub fn segment_key(name: &str) -> String {
 pub fn is_segment_name(name: &str) -> bool {
     name.len() <= 128
         && name.ends_with(".lmdb")
-        && name.trim_end_matches(".lmdb").chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && name
+            .trim_end_matches(".lmdb")
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !name.starts_with('-')
         && name.len() > ".lmdb".len()
 }
@@ -154,7 +167,10 @@ mod tests {
     use super::*;
 
     fn sample() -> Manifest {
-        let mut m = Manifest::new(ModelRef { id: "m".into(), dims: 4 });
+        let mut m = Manifest::new(ModelRef {
+            id: "m".into(),
+            dims: 4,
+        });
         let seq = m.bump();
         m.segments.push(SegmentEntry {
             name: "abc-1.lmdb".into(),

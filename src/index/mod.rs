@@ -34,7 +34,12 @@ pub enum IndexError {
         "the index was built with model {index} ({index_dims}-d) but the encoder is {model} ({model_dims}-d); \
          use the index's model or rebuild the index with `lookalike reindex`"
     )]
-    ModelMismatch { index: String, index_dims: usize, model: String, model_dims: usize },
+    ModelMismatch {
+        index: String,
+        index_dims: usize,
+        model: String,
+        model_dims: usize,
+    },
     #[error("query vector has {got} dimensions, the index has {want}")]
     Dims { got: usize, want: usize },
     #[error("segment {0} is corrupt: {1}")]
@@ -60,19 +65,34 @@ pub struct Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("store", &self.store.location()).finish()
+        f.debug_struct("Index")
+            .field("store", &self.store.location())
+            .finish()
     }
 }
 
 impl Index {
     /// Open the index in `store`, caching segments under `cache_dir`, and load the latest snapshot.
     /// With `model`, an index built with another model is refused.
-    pub async fn open(store: DynStore, cache_dir: &Path, model: Option<ModelRef>) -> Result<Self, IndexError> {
+    pub async fn open(
+        store: DynStore,
+        cache_dir: &Path,
+        model: Option<ModelRef>,
+    ) -> Result<Self, IndexError> {
         let cache = SegmentCache::new(cache_dir)?;
-        let empty = Arc::new(Snapshot::empty(Manifest::new(
-            model.clone().unwrap_or(ModelRef { id: String::new(), dims: 0 }),
-        )));
-        let index = Index { store, cache, current: RwLock::new(empty), refreshing: Default::default(), model };
+        let empty = Arc::new(Snapshot::empty(Manifest::new(model.clone().unwrap_or(
+            ModelRef {
+                id: String::new(),
+                dims: 0,
+            },
+        ))));
+        let index = Index {
+            store,
+            cache,
+            current: RwLock::new(empty),
+            refreshing: Default::default(),
+            model,
+        };
         index.refresh().await?;
         Ok(index)
     }
@@ -91,7 +111,10 @@ impl Index {
 
     /// The snapshot loaded last (cheap; no I/O).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Check the manifest (conditional GET on its ETag); on change, sync new segments and swap in

@@ -52,7 +52,11 @@ pub enum SegmentError {
     #[error("segment {0} is not a lookalike segment: {1}")]
     Invalid(String, String),
     #[error("embedding of {key} has {got} dimensions, the index has {want}")]
-    Dims { key: String, got: usize, want: usize },
+    Dims {
+        key: String,
+        got: usize,
+        want: usize,
+    },
 }
 
 type Vectors = arroy::Database<'static, Cosine>;
@@ -70,7 +74,10 @@ pub struct BuildParams {
 
 impl Default for BuildParams {
     fn default() -> Self {
-        BuildParams { n_trees: None, seed: 42 }
+        BuildParams {
+            n_trees: None,
+            seed: 42,
+        }
     }
 }
 
@@ -129,26 +136,42 @@ pub fn write_segment(
     writer.set_tmpdir(build_dir.path());
     for (id, (record, vector)) in items.iter().enumerate() {
         if vector.len() != dims {
-            return Err(SegmentError::Dims { key: record.key.clone(), got: vector.len(), want: dims });
+            return Err(SegmentError::Dims {
+                key: record.key.clone(),
+                got: vector.len(),
+                want: dims,
+            });
         }
-        let id = u32::try_from(id).map_err(|_| SegmentError::Invalid(shown.clone(), "too many items".into()))?;
+        let id = u32::try_from(id)
+            .map_err(|_| SegmentError::Invalid(shown.clone(), "too many items".into()))?;
         writer.add_item(&mut wtxn, id, vector).map_err(arroy_err)?;
         items_db.put(&mut wtxn, &id, record).map_err(lmdb)?;
         keys_db.put(&mut wtxn, &record.key, &id).map_err(lmdb)?;
     }
-    info_db.put(&mut wtxn, "format", SEGMENT_FORMAT).map_err(lmdb)?;
+    info_db
+        .put(&mut wtxn, "format", SEGMENT_FORMAT)
+        .map_err(lmdb)?;
     info_db.put(&mut wtxn, "model", model_id).map_err(lmdb)?;
-    info_db.put(&mut wtxn, "dims", &dims.to_string()).map_err(lmdb)?;
-    info_db.put(&mut wtxn, "items", &items.len().to_string()).map_err(lmdb)?;
+    info_db
+        .put(&mut wtxn, "dims", &dims.to_string())
+        .map_err(lmdb)?;
+    info_db
+        .put(&mut wtxn, "items", &items.len().to_string())
+        .map_err(lmdb)?;
     let mut rng = StdRng::seed_from_u64(params.seed);
     let trees = params.n_trees.unwrap_or_else(|| default_trees(items.len()));
-    writer.builder(&mut rng).n_trees(trees).build(&mut wtxn).map_err(arroy_err)?;
+    writer
+        .builder(&mut rng)
+        .n_trees(trees)
+        .build(&mut wtxn)
+        .map_err(arroy_err)?;
     wtxn.commit().map_err(lmdb)?;
 
     if out.exists() {
         std::fs::remove_file(out).map_err(|e| SegmentError::Io(shown.clone(), e))?;
     }
-    env.copy_to_path(out, CompactionOption::Enabled).map_err(lmdb)?;
+    env.copy_to_path(out, CompactionOption::Enabled)
+        .map_err(lmdb)?;
     drop(env);
     Ok(())
 }
@@ -167,7 +190,10 @@ pub struct Segment {
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment").field("path", &self.path).field("len", &self.len).finish()
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -198,7 +224,9 @@ impl Segment {
         let shown = path.display().to_string();
         let lmdb = |e| SegmentError::Lmdb(shown.clone(), e);
         let invalid = |m: &str| SegmentError::Invalid(shown.clone(), m.to_string());
-        let len = std::fs::metadata(path).map_err(|e| SegmentError::Io(shown.clone(), e))?.len();
+        let len = std::fs::metadata(path)
+            .map_err(|e| SegmentError::Io(shown.clone(), e))?
+            .len();
         let map_size = (len as usize).div_ceil(1 << 16).max(1) << 16;
         let env = unsafe {
             EnvOpenOptions::new()
@@ -237,9 +265,20 @@ impl Segment {
         }
         let model_id = get("model")?;
         let dims: usize = get("dims")?.parse().map_err(|_| invalid("bad dims"))?;
-        let len: u32 = get("items")?.parse().map_err(|_| invalid("bad item count"))?;
+        let len: u32 = get("items")?
+            .parse()
+            .map_err(|_| invalid("bad item count"))?;
         drop(rtxn);
-        Ok(Segment { path: path.to_path_buf(), env, vectors, items, keys, model_id, dims, len })
+        Ok(Segment {
+            path: path.to_path_buf(),
+            env,
+            vectors,
+            items,
+            keys,
+            model_id,
+            dims,
+            len,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -287,7 +326,8 @@ impl Segment {
 
     pub fn vector(&self, id: u32) -> Result<Option<Vec<f32>>, SegmentError> {
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        let reader = arroy::Reader::open(&rtxn, ARROY_INDEX, self.vectors).map_err(|e| self.arroy(e))?;
+        let reader =
+            arroy::Reader::open(&rtxn, ARROY_INDEX, self.vectors).map_err(|e| self.arroy(e))?;
         reader.item_vector(&rtxn, id).map_err(|e| self.arroy(e))
     }
 
@@ -303,7 +343,8 @@ impl Segment {
             return Ok(Vec::new());
         }
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        let reader = arroy::Reader::open(&rtxn, ARROY_INDEX, self.vectors).map_err(|e| self.arroy(e))?;
+        let reader =
+            arroy::Reader::open(&rtxn, ARROY_INDEX, self.vectors).map_err(|e| self.arroy(e))?;
         let mut q = reader.nns(k);
         q.candidates(candidates);
         let search_k = k.max(10) * reader.n_trees().max(1) * search_k_factor.max(1);
@@ -312,6 +353,9 @@ impl Segment {
         }
         let found = q.by_vector(&rtxn, query).map_err(|e| self.arroy(e))?;
         // arroy's cosine distance is (1 - cos) / 2.
-        Ok(found.into_iter().map(|(id, d)| (id, 1.0 - 2.0 * d)).collect())
+        Ok(found
+            .into_iter()
+            .map(|(id, d)| (id, 1.0 - 2.0 * d))
+            .collect())
     }
 }

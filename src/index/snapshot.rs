@@ -62,7 +62,11 @@ impl Snapshot {
     }
 
     /// Build a snapshot from a manifest and its already-open segments (same order as the manifest).
-    pub fn new(manifest: Manifest, etag: Option<String>, opened: Vec<Arc<Segment>>) -> Result<Self, IndexError> {
+    pub fn new(
+        manifest: Manifest,
+        etag: Option<String>,
+        opened: Vec<Arc<Segment>>,
+    ) -> Result<Self, IndexError> {
         let mut seen: HashSet<String> = HashSet::new();
         let mut segments = Vec::with_capacity(opened.len());
         let mut live_items = 0;
@@ -70,7 +74,10 @@ impl Snapshot {
             if seg.model_id != manifest.model.id || seg.dims != manifest.model.dims {
                 return Err(IndexError::Corrupt(
                     entry.name.clone(),
-                    format!("segment holds model {} ({}d), manifest says {}", seg.model_id, seg.dims, manifest.model.id),
+                    format!(
+                        "segment holds model {} ({}d), manifest says {}",
+                        seg.model_id, seg.dims, manifest.model.id
+                    ),
                 ));
             }
             let mut live = RoaringBitmap::new();
@@ -80,13 +87,27 @@ impl Snapshot {
                     continue;
                 }
                 live.insert(id);
-                categories.entry(rec.category.clone()).or_default().insert(id);
+                categories
+                    .entry(rec.category.clone())
+                    .or_default()
+                    .insert(id);
                 seen.insert(rec.key);
             }
             live_items += live.len();
-            segments.push(LiveSegment { entry: entry.clone(), seg, live, categories });
+            segments.push(LiveSegment {
+                entry: entry.clone(),
+                seg,
+                live,
+                categories,
+            });
         }
-        Ok(Snapshot { manifest, etag, segments, live_items, search_k_factor: DEFAULT_SEARCH_K_FACTOR })
+        Ok(Snapshot {
+            manifest,
+            etag,
+            segments,
+            live_items,
+            search_k_factor: DEFAULT_SEARCH_K_FACTOR,
+        })
     }
 
     pub fn version(&self) -> u64 {
@@ -109,7 +130,10 @@ impl Snapshot {
                 *counts.entry(c).or_default() += b.len();
             }
         }
-        let mut v: Vec<_> = counts.into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+        let mut v: Vec<_> = counts
+            .into_iter()
+            .map(|(c, n)| (c.to_string(), n))
+            .collect();
         v.sort();
         v
     }
@@ -133,7 +157,11 @@ impl Snapshot {
     pub fn record(&self, key: &str) -> Result<Option<ItemRecord>, IndexError> {
         for s in &self.segments {
             if let Some(id) = s.seg.id_of(key)? {
-                return if s.live.contains(id) { Ok(s.seg.record(id)?) } else { Ok(None) };
+                return if s.live.contains(id) {
+                    Ok(s.seg.record(id)?)
+                } else {
+                    Ok(None)
+                };
             }
         }
         Ok(None)
@@ -162,7 +190,10 @@ impl Snapshot {
         search_k_factor: usize,
     ) -> Result<Vec<Hit>, IndexError> {
         if query.len() != self.manifest.model.dims {
-            return Err(IndexError::Dims { got: query.len(), want: self.manifest.model.dims });
+            return Err(IndexError::Dims {
+                got: query.len(),
+                want: self.manifest.model.dims,
+            });
         }
         let mut scored: Vec<(f32, usize, u32)> = Vec::new();
         for (si, s) in self.segments.iter().enumerate() {
@@ -188,7 +219,10 @@ impl Snapshot {
         for (score, si, id) in scored {
             let s = &self.segments[si];
             let record = s.seg.record(id)?.ok_or_else(|| {
-                IndexError::Corrupt(s.entry.name.clone(), format!("item {id} has a vector but no record"))
+                IndexError::Corrupt(
+                    s.entry.name.clone(),
+                    format!("item {id} has a vector but no record"),
+                )
             })?;
             hits.push(Hit { record, score });
         }
@@ -211,9 +245,16 @@ impl Snapshot {
     }
 
     /// Live (record, vector) pairs of the named segments only (compaction inputs).
-    pub fn live_items_of(&self, names: &[String]) -> Result<Vec<(ItemRecord, Vec<f32>)>, IndexError> {
+    pub fn live_items_of(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(ItemRecord, Vec<f32>)>, IndexError> {
         let mut out = Vec::new();
-        for s in self.segments.iter().filter(|s| names.contains(&s.entry.name)) {
+        for s in self
+            .segments
+            .iter()
+            .filter(|s| names.contains(&s.entry.name))
+        {
             for id in &s.live {
                 if let Some(pair) = s.seg.record(id)?.zip(s.seg.vector(id)?) {
                     out.push(pair);

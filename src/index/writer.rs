@@ -9,7 +9,9 @@ use bytes::Bytes;
 use rand::RngExt;
 
 use super::cache::sha256_file;
-use super::manifest::{segment_key, Manifest, ModelRef, SegmentEntry, MANIFEST_KEY, SEGMENTS_PREFIX};
+use super::manifest::{
+    segment_key, Manifest, ModelRef, SegmentEntry, MANIFEST_KEY, SEGMENTS_PREFIX,
+};
 use super::segment::{write_segment, BuildParams, ItemRecord};
 use super::{Index, IndexError};
 use crate::store::{GetResult, ObjectStore, StoreError};
@@ -30,7 +32,10 @@ pub struct Commit {
 
 /// A new segment name: creation time (for garbage collection) and randomness (uniqueness).
 fn new_segment_name() -> String {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let r: u64 = rand::rng().random();
     format!("{ms:013}-{r:016x}.lmdb")
 }
@@ -78,7 +83,11 @@ where
             Err(StoreError::PreconditionFailed(_)) => {
                 let cap = 5u64 << attempt.min(6);
                 let wait = rand::rng().random_range(1..=cap);
-                tracing::debug!(attempt, wait_ms = wait, "manifest changed under us; retrying");
+                tracing::debug!(
+                    attempt,
+                    wait_ms = wait,
+                    "manifest changed under us; retrying"
+                );
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
             Err(e) => return Err(e.into()),
@@ -121,17 +130,33 @@ pub async fn build_and_upload(
     let path = work.path().join(&name);
     let (model_id, dims, n) = (model.id.clone(), model.dims, items.len() as u64);
     let (build_path, work_dir) = (path.clone(), work.path().to_path_buf());
-    let (bytes, sha256) = tokio::task::spawn_blocking(move || -> Result<(u64, String), IndexError> {
-        write_segment(&build_path, &work_dir, &model_id, dims, &items, params)?;
-        let io = |e| IndexError::Io(build_path.display().to_string(), e);
-        let bytes = std::fs::metadata(&build_path).map_err(io)?.len();
-        Ok((bytes, sha256_file(&build_path).map_err(io)?))
+    let (bytes, sha256) =
+        tokio::task::spawn_blocking(move || -> Result<(u64, String), IndexError> {
+            write_segment(&build_path, &work_dir, &model_id, dims, &items, params)?;
+            let io = |e| IndexError::Io(build_path.display().to_string(), e);
+            let bytes = std::fs::metadata(&build_path).map_err(io)?.len();
+            Ok((bytes, sha256_file(&build_path).map_err(io)?))
+        })
+        .await
+        .map_err(|e| IndexError::Internal(e.to_string()))??;
+    let body = tokio::fs::read(&path)
+        .await
+        .map_err(|e| IndexError::Io(path.display().to_string(), e))?;
+    index
+        .store()
+        .put_if_absent(&segment_key(&name), Bytes::from(body))
+        .await?;
+    Ok(BuiltSegment {
+        entry: SegmentEntry {
+            name,
+            items: n,
+            bytes,
+            sha256,
+            sequence: 0,
+            level,
+        },
+        work,
     })
-    .await
-    .map_err(|e| IndexError::Internal(e.to_string()))??;
-    let body = tokio::fs::read(&path).await.map_err(|e| IndexError::Io(path.display().to_string(), e))?;
-    index.store().put_if_absent(&segment_key(&name), Bytes::from(body)).await?;
-    Ok(BuiltSegment { entry: SegmentEntry { name, items: n, bytes, sha256, sequence: 0, level }, work })
 }
 
 /// Append a batch: one new segment with `items` (may be empty) and deletions of `deleted` keys,
@@ -169,7 +194,11 @@ pub async fn append(
     if let Some(seg) = segment {
         seg.install(index)?;
     }
-    Ok(Some(Commit { version: manifest.version, segment: committed_entry, attempts }))
+    Ok(Some(Commit {
+        version: manifest.version,
+        segment: committed_entry,
+        attempts,
+    }))
 }
 
 /// Which segments a compaction merges.
@@ -200,14 +229,22 @@ fn pick_inputs(manifest: &Manifest, policy: CompactionPolicy) -> Option<(Vec<Str
         CompactionPolicy::All => {
             let needs = manifest.segments.len() > 1 || !manifest.deleted.is_empty();
             let level = manifest.segments.iter().map(|s| s.level).max().unwrap_or(0) + 1;
-            (needs && !manifest.segments.is_empty())
-                .then(|| (manifest.segments.iter().map(|s| s.name.clone()).collect(), level))
+            (needs && !manifest.segments.is_empty()).then(|| {
+                (
+                    manifest.segments.iter().map(|s| s.name.clone()).collect(),
+                    level,
+                )
+            })
         }
         CompactionPolicy::Tiered { fanout } => {
             let max_level = manifest.segments.iter().map(|s| s.level).max()?;
             (0..=max_level).find_map(|level| {
-                let names: Vec<String> =
-                    manifest.segments.iter().filter(|s| s.level == level).map(|s| s.name.clone()).collect();
+                let names: Vec<String> = manifest
+                    .segments
+                    .iter()
+                    .filter(|s| s.level == level)
+                    .map(|s| s.name.clone())
+                    .collect();
                 (names.len() >= fanout.max(2)).then_some((names, level + 1))
             })
         }
@@ -217,7 +254,11 @@ fn pick_inputs(manifest: &Manifest, policy: CompactionPolicy) -> Option<(Vec<Str
 /// Merge segments into one that holds only their live items. The commit succeeds only if all
 /// input segments are still listed; items written or deleted meanwhile stay correct because the
 /// output takes the highest sequence of its inputs.
-pub async fn compact(index: &Index, policy: CompactionPolicy, params: BuildParams) -> Result<Option<Compaction>, IndexError> {
+pub async fn compact(
+    index: &Index,
+    policy: CompactionPolicy,
+    params: BuildParams,
+) -> Result<Option<Compaction>, IndexError> {
     let snapshot = index.refresh().await?;
     let model = snapshot.manifest.model.clone();
     let Some((inputs, level)) = pick_inputs(&snapshot.manifest, policy) else {
@@ -237,7 +278,11 @@ pub async fn compact(index: &Index, policy: CompactionPolicy, params: BuildParam
     };
     let mut out_entry = None;
     let (manifest, committed, _) = update_manifest(index.store().as_ref(), &model, |m| {
-        let listed: Vec<&SegmentEntry> = m.segments.iter().filter(|s| inputs.contains(&s.name)).collect();
+        let listed: Vec<&SegmentEntry> = m
+            .segments
+            .iter()
+            .filter(|s| inputs.contains(&s.name))
+            .collect();
         if listed.len() != inputs.len() {
             return Ok(false);
         }
@@ -245,7 +290,12 @@ pub async fn compact(index: &Index, policy: CompactionPolicy, params: BuildParam
         m.segments.retain(|s| !inputs.contains(&s.name));
         // A deletion still matters only if a segment that was not merged is older than it: the
         // merged output holds no item that any deletion hides.
-        let oldest_other = m.segments.iter().map(|s| s.sequence).min().unwrap_or(u64::MAX);
+        let oldest_other = m
+            .segments
+            .iter()
+            .map(|s| s.sequence)
+            .min()
+            .unwrap_or(u64::MAX);
         m.deleted.retain(|_, &mut d| d > oldest_other);
         if let Some(o) = &output {
             let mut entry = o.entry.clone();
@@ -266,14 +316,21 @@ pub async fn compact(index: &Index, policy: CompactionPolicy, params: BuildParam
         o.install(index)?;
     }
     index.refresh().await?;
-    Ok(Some(Compaction { merged: inputs, output: out_entry, version: manifest.version }))
+    Ok(Some(Compaction {
+        merged: inputs,
+        output: out_entry,
+        version: manifest.version,
+    }))
 }
 
 /// Delete segment objects that no manifest lists and that are older than `grace` (a writer may
 /// still be about to commit a younger one). Returns the deleted names.
 pub async fn gc(index: &Index, grace: Duration) -> Result<Vec<String>, IndexError> {
     let snapshot = index.refresh().await?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let mut removed = Vec::new();
     for obj in index.store().list(SEGMENTS_PREFIX).await? {
         let name = obj.key.trim_start_matches(SEGMENTS_PREFIX);
@@ -282,7 +339,8 @@ pub async fn gc(index: &Index, grace: Duration) -> Result<Vec<String>, IndexErro
         }
         // A segment younger than `grace` may belong to a commit still in flight (or to a manifest
         // newer than our snapshot): leave it.
-        let old_enough = segment_created_ms(name).is_none_or(|t| now.saturating_sub(t) >= grace.as_millis());
+        let old_enough =
+            segment_created_ms(name).is_none_or(|t| now.saturating_sub(t) >= grace.as_millis());
         if old_enough {
             index.store().delete(&obj.key).await?;
             removed.push(name.to_string());

@@ -100,7 +100,8 @@ impl ModelCard {
         let path = dir.join(CARD_FILE);
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(&path).map_err(|e| CardError::Io(shown.clone(), e))?;
-        let card: ModelCard = serde_json::from_str(&text).map_err(|e| CardError::Parse(shown.clone(), e))?;
+        let card: ModelCard =
+            serde_json::from_str(&text).map_err(|e| CardError::Parse(shown.clone(), e))?;
         card.validate().map_err(|m| CardError::Invalid(shown, m))?;
         Ok(card)
     }
@@ -116,12 +117,20 @@ impl ModelCard {
             return Err("empty id".into());
         }
         if !(8..=4096).contains(&self.input.width) || !(8..=4096).contains(&self.input.height) {
-            return Err(format!("input size {}x{} out of range", self.input.width, self.input.height));
+            return Err(format!(
+                "input size {}x{} out of range",
+                self.input.width, self.input.height
+            ));
         }
         if self.dims == 0 || self.dims > 65536 {
             return Err(format!("dims {} out of range", self.dims));
         }
-        if self.normalize.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+        if self
+            .normalize
+            .std
+            .iter()
+            .any(|s| !s.is_finite() || *s == 0.0)
+        {
             return Err("normalize.std must be finite and non-zero".into());
         }
         if let ResizeRule::ShorterSideCenterCrop { crop_fraction } = self.resize {

@@ -33,10 +33,15 @@ pub fn encoder() -> Option<Arc<Encoder>> {
         if !dir.join("encoder.onnx").exists() {
             return None;
         }
-        Some(Arc::new(Encoder::load(&dir).unwrap_or_else(|e| panic!("cannot load {}: {e}", dir.display()))))
+        Some(Arc::new(Encoder::load(&dir).unwrap_or_else(|e| {
+            panic!("cannot load {}: {e}", dir.display())
+        })))
     });
     if e.is_none() {
-        println!("SKIPPED: no model in {}; run scripts/test.sh (it imports the model)", model_dir().display());
+        println!(
+            "SKIPPED: no model in {}; run scripts/test.sh (it imports the model)",
+            model_dir().display()
+        );
     }
     e.clone()
 }
