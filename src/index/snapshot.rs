@@ -11,7 +11,7 @@ use super::segment::{ItemRecord, Segment};
 use super::IndexError;
 
 /// Default multiplier of arroy's `search_k` (`k * n_trees * factor` nodes visited per segment).
-pub const DEFAULT_SEARCH_K_FACTOR: usize = 15;
+pub const DEFAULT_SEARCH_K_FACTOR: usize = 40;
 
 pub struct Snapshot {
     pub manifest: Manifest,
