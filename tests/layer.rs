@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 fn make_available() -> bool {
@@ -10,6 +11,26 @@ fn make_available() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// `make build-ModelLayer ARTIFACTS_DIR=<artifacts> <extra>` with the binary cargo built for this
+/// test (a nested `cargo run` would rebuild with the test's environment); returns the card.
+fn build_layer(artifacts: &Path, extra: &[String]) -> lookalike::model::ModelCard {
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/layers/model"))
+        .arg("build-ModelLayer")
+        .arg(format!("ARTIFACTS_DIR={}", artifacts.display()))
+        .arg(format!("LOOKALIKE={}", env!("CARGO_BIN_EXE_lookalike")))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lookalike::model::ModelCard::load(&artifacts.join("model")).unwrap()
 }
 
 #[test]
@@ -22,20 +43,10 @@ fn layer_makefile_ships_a_model_folder() {
         return;
     }
     let artifacts = common::tempdir();
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/layers/model"))
-        .arg("build-ModelLayer")
-        .arg(format!("ARTIFACTS_DIR={}", artifacts.path().display()))
-        .arg(format!("MODEL_DIR={}", common::model_dir().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let card = build_layer(
+        artifacts.path(),
+        &[format!("MODEL_DIR={}", common::model_dir().display())],
     );
-    let card = lookalike::model::ModelCard::load(&artifacts.path().join("model")).unwrap();
     assert_eq!(card.id, common::encoder().unwrap().model_id());
     let size = std::fs::metadata(artifacts.path().join("model/encoder.onnx"))
         .unwrap()
@@ -73,22 +84,7 @@ fn layer_makefile_imports_the_default_model() {
         return;
     }
     let artifacts = common::tempdir();
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/layers/model"))
-        .arg("build-ModelLayer")
-        .arg(format!("ARTIFACTS_DIR={}", artifacts.path().display()))
-        // The binary cargo built for this test (a nested `cargo run` would rebuild with the
-        // test's environment).
-        .arg(format!("LOOKALIKE={}", env!("CARGO_BIN_EXE_lookalike")))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let card = lookalike::model::ModelCard::load(&artifacts.path().join("model")).unwrap();
+    let card = build_layer(artifacts.path(), &[]);
     assert_eq!(card.id, "efficientnet-lite0-imagenet-57934424");
     assert_eq!(card.dims, 1280);
 }

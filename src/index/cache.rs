@@ -2,10 +2,7 @@
 //! A segment file appears under its final name only after its sha256 matched the manifest:
 //! downloads go to a temporary name first, so a half-written file is never opened.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::manifest::{is_segment_name, segment_key, Manifest, SegmentEntry};
 use super::IndexError;
@@ -123,14 +120,5 @@ fn file_len(path: &Path) -> Option<u64> {
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    crate::store::local::hash_reader(&mut file, None).map(|(_, hash)| hash)
 }

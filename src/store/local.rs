@@ -423,8 +423,8 @@ fn normalize_etag(etag: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Read `r` to the end, hashing it; optionally keep the bytes.
-fn hash_reader(r: &mut impl Read, mut keep: Option<&mut Vec<u8>>) -> io::Result<(u64, String)> {
+/// Read `r` to the end, hashing it (sha256, hex); optionally keep the bytes. Returns (size, hash).
+pub fn hash_reader(r: &mut impl Read, mut keep: Option<&mut Vec<u8>>) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_BUF];
     let mut size = 0u64;
