@@ -424,26 +424,14 @@ fn normalize_etag(etag: &str) -> String {
 }
 
 /// Read `r` to the end, hashing it (sha256, hex); optionally keep the bytes. Returns (size, hash).
-pub fn hash_reader(r: &mut impl Read, mut keep: Option<&mut Vec<u8>>) -> io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut size = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        if let Some(k) = keep.as_deref_mut() {
-            k.extend_from_slice(&buf[..n]);
-        }
-        size += n as u64;
+pub fn hash_reader(r: &mut impl Read, keep: Option<&mut Vec<u8>>) -> io::Result<(u64, String)> {
+    match keep {
+        Some(buf) => copy_hashing(r, buf),
+        None => copy_hashing(r, &mut io::sink()),
     }
-    Ok((size, hex::encode(hasher.finalize())))
 }
 
+/// Copy `r` into `w`, hashing what passes (sha256, hex). Returns (size, hash).
 fn copy_hashing(r: &mut impl Read, w: &mut impl Write) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_BUF];
