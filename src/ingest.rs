@@ -15,7 +15,7 @@ use crate::index::writer::{self, Commit};
 use crate::index::{Index, IndexError, ItemRecord, ModelRef};
 use crate::model::encoder::Encoder;
 use crate::preprocess::Limits;
-use crate::store::{DynStore, GetResult, ObjectMeta};
+use crate::store::{DynStore, GetResult, ObjectMeta, StoreError, StoreResult};
 
 /// Images fetched and encoded together; bounds the memory held by raw image bytes.
 const CHUNK: usize = 64;
@@ -29,11 +29,48 @@ pub enum Outcome {
     Indexed,
     /// The same (key, etag) is already indexed.
     Duplicate,
-    /// Not indexable (not an image, too large, corrupt, missing): permanent, not retried.
+    /// Not indexable (not an image, too large, corrupt): permanent, not retried. A record of it
+    /// is written under the index's `rejected/` prefix.
     Rejected {
         reason: String,
     },
     Deleted,
+    /// Nothing to do: the object was deleted before it could be fetched, or a deleted key exists
+    /// again (a later upload wins over an older delete notification).
+    Skipped {
+        reason: String,
+    },
+    /// Could not be processed now (the source store failed): nothing was committed for it and the
+    /// caller should retry it.
+    Failed {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the work for this object is done for good (committed, or permanently refused).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Failed { .. })
+    }
+}
+
+/// Prefix, under the index, of the records of rejected objects.
+pub const REJECTED_PREFIX: &str = "rejected/";
+
+/// What `rejected/<key>.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RejectedRecord {
+    pub key: String,
+    pub etag: String,
+    pub source: String,
+    pub reason: String,
+    /// Milliseconds since the Unix epoch.
+    pub rejected_at_ms: u64,
+}
+
+/// The key of the rejection record of `key`.
+pub fn rejected_key(key: &str) -> String {
+    format!("{REJECTED_PREFIX}{key}.json")
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,8 +85,12 @@ pub struct ItemOutcome {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageTimes {
     pub fetch: Duration,
+    /// Decode + preprocess + encoder run, on all cores (wall time).
     pub encode: Duration,
-    pub commit: Duration,
+    /// Segment build and upload.
+    pub segment_write: Duration,
+    /// Manifest compare-and-swap (every attempt).
+    pub manifest_commit: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +118,13 @@ impl IngestReport {
             .filter(|i| matches!(i.outcome, Outcome::Rejected { .. }))
             .collect()
     }
+    /// Objects that were not processed (to retry).
+    pub fn failed(&self) -> Vec<&ItemOutcome> {
+        self.items
+            .iter()
+            .filter(|i| !i.outcome.is_final())
+            .collect()
+    }
 }
 
 /// Called with the number of objects just processed (from worker threads).
@@ -95,10 +143,7 @@ pub struct Ingester {
 
 impl Ingester {
     pub fn model_ref(&self) -> ModelRef {
-        ModelRef {
-            id: self.encoder.model_id().to_string(),
-            dims: self.encoder.dims(),
-        }
+        self.encoder.model_ref()
     }
 
     /// Ingest `objects` and delete `deleted` keys in one commit. `progress` is called once per
@@ -153,10 +198,34 @@ impl Ingester {
         }
 
         let mut items: Vec<(ItemRecord, Vec<f32>)> = Vec::with_capacity(todo.len());
+        let mut vanished = Vec::new();
         for chunk in todo.chunks(CHUNK) {
             let t = Instant::now();
-            let fetched = self.fetch(chunk).await;
+            let mut fetched = self.fetch(chunk).await;
             times.fetch += t.elapsed();
+            // The notification's ETag may be missing or stale: the fetched object's decides
+            // whether this exact content is already indexed.
+            let mut fresh = Vec::with_capacity(fetched.len());
+            for (meta, bytes) in fetched.drain(..) {
+                let indexed = bytes.is_ok()
+                    && !meta.etag.is_empty()
+                    && snapshot
+                        .record(&meta.key)?
+                        .is_some_and(|r| r.etag == meta.etag);
+                if indexed {
+                    if let Some(p) = &progress {
+                        p(1);
+                    }
+                    outcomes.push(ItemOutcome {
+                        key: meta.key,
+                        etag: meta.etag,
+                        outcome: Outcome::Duplicate,
+                    });
+                } else {
+                    fresh.push((meta, bytes));
+                }
+            }
+            let fetched = fresh;
             let t = Instant::now();
             let encoded = self.encode(fetched, progress.clone()).await?;
             times.encode += t.elapsed();
@@ -170,12 +239,13 @@ impl Ingester {
                         });
                         items.push((self.record(meta), vector));
                     }
-                    Err(reason) => {
-                        tracing::warn!(key = %meta.key, %reason, "rejected");
+                    Err(Outcome::Deleted) => vanished.push(meta.key),
+                    Err(outcome) => {
+                        tracing::warn!(key = %meta.key, etag = %meta.etag, ?outcome, "not indexed");
                         outcomes.push(ItemOutcome {
                             key: meta.key,
                             etag: meta.etag,
-                            outcome: Outcome::Rejected { reason },
+                            outcome,
                         });
                     }
                 }
@@ -184,22 +254,18 @@ impl Ingester {
         let deleted: Vec<String> = deleted
             .into_iter()
             .filter(|k| !latest.contains_key(k.as_str()))
+            .chain(vanished)
             .collect();
-        for key in &deleted {
-            outcomes.push(ItemOutcome {
-                key: key.clone(),
-                etag: String::new(),
-                outcome: Outcome::Deleted,
-            });
-        }
+        let deleted = self.check_deletions(deleted, &mut outcomes).await;
 
-        let t = Instant::now();
         let commit =
             writer::append(&self.index, &self.model_ref(), items, &deleted, self.build).await?;
-        times.commit = t.elapsed();
-        if commit.is_some() {
+        if let Some(c) = &commit {
+            times.segment_write = c.segment_write;
+            times.manifest_commit = c.manifest_commit;
             self.index.refresh().await?;
         }
+        self.record_rejections(&outcomes).await;
         Ok(IngestReport {
             version: commit.as_ref().map(|c| c.version),
             segment: commit
@@ -213,7 +279,10 @@ impl Ingester {
 
     /// Fetch a chunk concurrently. The etag and user metadata of the fetched object win over the
     /// event's (they describe the bytes we actually encode).
-    async fn fetch(&self, chunk: &[ObjectMeta]) -> Vec<(ObjectMeta, Result<bytes::Bytes, String>)> {
+    async fn fetch(
+        &self,
+        chunk: &[ObjectMeta],
+    ) -> Vec<(ObjectMeta, Result<bytes::Bytes, Outcome>)> {
         stream::iter(chunk.iter().cloned())
             .map(|meta| async move {
                 match self.source.get(&meta.key, None).await {
@@ -225,9 +294,20 @@ impl Ingester {
                         (m, Ok(o.bytes))
                     }
                     Ok(GetResult::NotModified) => {
-                        (meta, Err("unexpected not-modified".to_string()))
+                        let reason = "the store answered not-modified to a plain GET".to_string();
+                        (meta, Err(Outcome::Failed { reason }))
                     }
-                    Err(e) => (meta, Err(format!("cannot fetch: {e}"))),
+                    // Deleted since the notification: the deletion is what to index.
+                    Err(StoreError::NotFound(_)) => (meta, Err(Outcome::Deleted)),
+                    // An invalid key can never be fetched: refuse it for good.
+                    Err(e @ StoreError::InvalidKey(..)) => {
+                        let reason = e.to_string();
+                        (meta, Err(Outcome::Rejected { reason }))
+                    }
+                    Err(e) => {
+                        let reason = format!("cannot fetch: {e}");
+                        (meta, Err(Outcome::Failed { reason }))
+                    }
                 }
             })
             .buffered(FETCH_CONCURRENCY)
@@ -237,9 +317,9 @@ impl Ingester {
 
     async fn encode(
         &self,
-        fetched: Vec<(ObjectMeta, Result<bytes::Bytes, String>)>,
+        fetched: Vec<(ObjectMeta, Result<bytes::Bytes, Outcome>)>,
         progress: Option<Progress>,
-    ) -> Result<Vec<(ObjectMeta, Result<Vec<f32>, String>)>, IndexError> {
+    ) -> Result<Vec<(ObjectMeta, Result<Vec<f32>, Outcome>)>, IndexError> {
         let encoder = self.encoder.clone();
         let limits = self.limits;
         // Encoding is CPU-bound: run it on rayon's pool, off the async runtime.
@@ -247,8 +327,13 @@ impl Ingester {
             fetched
                 .into_par_iter()
                 .map(|(meta, bytes)| {
-                    let r = bytes
-                        .and_then(|b| encoder.encode_image(&b, &limits).map_err(|e| e.to_string()));
+                    let r = bytes.and_then(|b| {
+                        encoder
+                            .encode_image(&b, &limits)
+                            .map_err(|e| Outcome::Rejected {
+                                reason: e.to_string(),
+                            })
+                    });
                     if let Some(p) = &progress {
                         p(1);
                     }
@@ -259,6 +344,80 @@ impl Ingester {
         tokio::task::spawn_blocking(run)
             .await
             .map_err(|e| IndexError::Internal(e.to_string()))
+    }
+
+    /// Keep the deletions whose object is really gone: a notification can arrive after the key
+    /// was uploaded again, and the index follows the store.
+    async fn check_deletions(
+        &self,
+        deleted: Vec<String>,
+        outcomes: &mut Vec<ItemOutcome>,
+    ) -> Vec<String> {
+        let checked: Vec<(String, StoreResult<Option<ObjectMeta>>)> = stream::iter(deleted)
+            .map(|key| async move {
+                let r = self.source.head(&key).await;
+                (key, r)
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+        let mut gone = Vec::new();
+        for (key, head) in checked {
+            let (etag, outcome) = match head {
+                Ok(None) | Err(StoreError::NotFound(_)) | Err(StoreError::InvalidKey(..)) => {
+                    gone.push(key.clone());
+                    (String::new(), Outcome::Deleted)
+                }
+                Ok(Some(meta)) => (
+                    meta.etag,
+                    Outcome::Skipped {
+                        reason: "the object exists again; not deleted".into(),
+                    },
+                ),
+                Err(e) => (
+                    String::new(),
+                    Outcome::Failed {
+                        reason: format!("cannot check the deleted object: {e}"),
+                    },
+                ),
+            };
+            outcomes.push(ItemOutcome { key, etag, outcome });
+        }
+        gone
+    }
+
+    /// Write a `rejected/<key>.json` record under the index for every rejected object. Best
+    /// effort: the rejection is also logged, and a failed write does not undo the commit.
+    async fn record_rejections(&self, outcomes: &[ItemOutcome]) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let writes = outcomes.iter().filter_map(|item| match &item.outcome {
+            Outcome::Rejected { reason } => Some(RejectedRecord {
+                key: item.key.clone(),
+                etag: item.etag.clone(),
+                source: self.source.location(),
+                reason: reason.clone(),
+                rejected_at_ms: now,
+            }),
+            _ => None,
+        });
+        let store = self.index.store();
+        stream::iter(writes)
+            .for_each_concurrent(FETCH_CONCURRENCY, |record| async move {
+                tracing::warn!(
+                    key = %record.key,
+                    etag = %record.etag,
+                    reason = %record.reason,
+                    "rejected"
+                );
+                let body = serde_json::to_vec_pretty(&record).unwrap_or_default();
+                if let Err(e) = store.put(&rejected_key(&record.key), body.into()).await {
+                    tracing::warn!(key = %record.key, error = %e, "cannot write the rejection record");
+                }
+            })
+            .await;
     }
 
     fn record(&self, meta: ObjectMeta) -> ItemRecord {

@@ -4,10 +4,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Cursor;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::synthetic_jpeg;
 use lookalike::catalog::MetadataTable;
 use lookalike::index::segment::BuildParams;
 use lookalike::index::Index;
@@ -16,8 +16,6 @@ use lookalike::model::encoder::Encoder;
 use lookalike::preprocess::Limits;
 use lookalike::query;
 use lookalike::store::{DynStore, LocalStore, ObjectMeta};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -25,20 +23,6 @@ fn fixture(name: &str) -> Vec<u8> {
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
-}
-
-/// A distinct, decodable 96x96 JPEG: random coloured blocks from `seed`.
-fn synthetic_jpeg(seed: u64) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let colours: Vec<[u8; 3]> = (0..16)
-        .map(|_| [rng.random(), rng.random(), rng.random()])
-        .collect();
-    let img = image::RgbImage::from_fn(96, 96, |x, y| {
-        image::Rgb(colours[((y / 24) * 4 + x / 24) as usize])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
-    out.into_inner()
 }
 
 async fn put_all(store: &DynStore, objects: &[(String, Vec<u8>)]) -> Vec<ObjectMeta> {
@@ -185,6 +169,8 @@ async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
             &[("drinks/coffee.jpg".to_string(), fixture("rocket.jpg"))],
         )
         .await;
+        // A deletion is applied once the object is gone from the source (the index follows it).
+        s.source.delete("patterns/0.jpg").await.unwrap();
         let over = s
             .ingester
             .ingest(metas, vec!["patterns/0.jpg".into()], None)

@@ -100,6 +100,7 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
     let indexed = count(|o| matches!(o, Outcome::Indexed));
     let duplicates = count(|o| matches!(o, Outcome::Duplicate));
     let rejected: Vec<_> = reports.iter().flat_map(|r| r.rejected()).cloned().collect();
+    let failed: Vec<_> = reports.iter().flat_map(|r| r.failed()).cloned().collect();
     let snapshot = index.snapshot();
     let secs = start.elapsed().as_secs_f64();
     if args.json {
@@ -107,13 +108,14 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
             "indexed": indexed,
             "duplicates": duplicates,
             "rejected": rejected,
+            "failed": failed,
             "ignored_files": ignored,
             "seconds": secs,
             "version": snapshot.version(),
             "items": snapshot.live_items(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return fail_if_any(&failed);
     }
     println!(
         "indexed {indexed} images ({duplicates} already indexed) in {secs:.1} s ({:.1} images/s); index {} now holds {} items in {} segments (version {})",
@@ -140,5 +142,23 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    for r in &failed {
+        if let Outcome::Failed { reason } = &r.outcome {
+            eprintln!("not indexed this time: {}: {reason}", r.key);
+        }
+    }
+    fail_if_any(&failed)
+}
+
+/// A run that could not fetch some images fails (after committing the rest): running it again
+/// picks up exactly what is missing.
+fn fail_if_any(failed: &[lookalike::ingest::ItemOutcome]) -> anyhow::Result<()> {
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} images could not be fetched; the others are committed, run the same command again",
+            failed.len()
+        )
+    }
 }

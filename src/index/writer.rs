@@ -3,7 +3,7 @@
 //! re-reads the manifest and retries; segments are uploaded before the commit, so a writer that
 //! dies in between leaves only an unlisted file that [`gc`] removes later.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rand::RngExt;
@@ -28,6 +28,10 @@ pub struct Commit {
     pub segment: Option<SegmentEntry>,
     /// Compare-and-swap attempts it took (1 = no conflict).
     pub attempts: usize,
+    /// Time spent building and uploading the segment.
+    pub segment_write: Duration,
+    /// Time spent committing the manifest (every attempt).
+    pub manifest_commit: Duration,
 }
 
 /// A new segment name: creation time (for garbage collection) and randomness (uniqueness).
@@ -171,11 +175,14 @@ pub async fn append(
     if items.is_empty() && deleted.is_empty() {
         return Ok(None);
     }
+    let start = Instant::now();
     let segment = if items.is_empty() {
         None
     } else {
         Some(build_and_upload(index, model, items, 0, params).await?)
     };
+    let segment_write = start.elapsed();
+    let start = Instant::now();
     let mut committed_entry = None;
     let (manifest, _, attempts) = update_manifest(index.store().as_ref(), model, |m| {
         let seq = m.bump();
@@ -191,6 +198,7 @@ pub async fn append(
         Ok(true)
     })
     .await?;
+    let manifest_commit = start.elapsed();
     if let Some(seg) = segment {
         seg.install(index)?;
     }
@@ -198,6 +206,8 @@ pub async fn append(
         version: manifest.version,
         segment: committed_entry,
         attempts,
+        segment_write,
+        manifest_commit,
     }))
 }
 

@@ -277,6 +277,14 @@ impl Encoder {
     }
 
     /// Embedding dimensions.
+    /// What an index built with this encoder records: the model id and the dims.
+    pub fn model_ref(&self) -> crate::index::ModelRef {
+        crate::index::ModelRef {
+            id: self.model_id().to_string(),
+            dims: self.dims(),
+        }
+    }
+
     pub fn dims(&self) -> usize {
         self.card.dims
     }

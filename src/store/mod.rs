@@ -84,6 +84,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// Stream an object into `dest` (created or truncated) without holding it in memory.
     async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta>;
+    /// The S3 client behind this store, if it is one: lets callers reach other buckets with the
+    /// same configuration and credentials (the ingest Lambda's source, presigned result URLs).
+    fn s3_client(&self) -> Option<aws_sdk_s3::Client> {
+        None
+    }
 }
 
 pub type DynStore = Arc<dyn ObjectStore>;

@@ -162,6 +162,10 @@ enum Cond<'a> {
 
 #[async_trait]
 impl ObjectStore for S3Store {
+    fn s3_client(&self) -> Option<aws_sdk_s3::Client> {
+        Some(self.client.clone())
+    }
+
     fn location(&self) -> String {
         if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)
