@@ -5,8 +5,12 @@
 //! - [`store`]: the object store (local directory or S3) that images and the index live in.
 //! - [`index`]: the index snapshot: manifest, immutable LMDB/arroy segments, sync and search.
 //! - [`ingest`] and [`query`]: the operations, as plain functions over the above.
+//! - [`api`]: the HTTP search API over [`query`], as the query Lambda serves it.
+//! - [`config`]: settings from the environment.
 
+pub mod api;
 pub mod catalog;
+pub mod config;
 pub mod index;
 pub mod ingest;
 pub mod model;

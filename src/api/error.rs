@@ -1,0 +1,120 @@
+//! Every failure of the API as `{"error": "<code>", "message": "..."}` with its HTTP status.
+
+use serde::Serialize;
+
+use super::ApiResponse;
+use crate::index::IndexError;
+use crate::model::encoder::EncodeError;
+use crate::preprocess::ImageError;
+use crate::query::QueryError;
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: u16,
+    /// A stable, machine-readable code (`bad_k`, `invalid_image`, ...).
+    pub code: &'static str,
+    pub message: String,
+    /// `Retry-After` seconds (503 only).
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "not_found", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(413, "payload_too_large", message)
+    }
+
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(415, "unsupported_media_type", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "internal", message)
+    }
+
+    /// The index cannot be read right now; the client should retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..Self::new(503, "index_unavailable", message)
+        }
+    }
+
+    pub fn to_response(&self) -> ApiResponse {
+        let mut r = ApiResponse::json(
+            self.status,
+            &Body {
+                error: self.code,
+                message: &self.message,
+            },
+        );
+        if let Some(s) = self.retry_after {
+            r.headers.push(("retry-after".into(), s.to_string()));
+        }
+        r
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::TooManyBytes { .. } | ImageError::TooLarge { .. } => {
+                Self::too_large(e.to_string())
+            }
+            // Anything else means the body is not a usable image: the request is bad.
+            _ => Self::bad_request("invalid_image", e.to_string()),
+        }
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::Store(_) | IndexError::Corrupt(..) | IndexError::Contention(_) => {
+                Self::unavailable(format!("the index cannot be read now: {e}"))
+            }
+            IndexError::ModelMismatch { .. } => Self::new(500, "model_mismatch", e.to_string()),
+            _ => Self::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::BadK(_) => Self::bad_request("bad_k", e.to_string()),
+            QueryError::UnknownKey(_) => Self::new(404, "unknown_key", e.to_string()),
+            QueryError::Image(EncodeError::Image(img)) => img.into(),
+            QueryError::Image(EncodeError::Model(m)) => {
+                Self::internal(format!("the encoder failed: {m}"))
+            }
+            QueryError::Index(i) => i.into(),
+        }
+    }
+}

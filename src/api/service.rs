@@ -1,0 +1,311 @@
+//! The query service: one index snapshot at a time (the manifest is checked at most once per
+//! interval, by conditional GET), searches on the blocking pool, presigned URLs for results.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use super::request::{ApiRequest, Route, SearchInput, SearchParams};
+use super::{ApiError, ApiResponse, OPENAPI};
+use crate::config::{env_secs, limits_from_env, ConfigError};
+use crate::index::{Index, Snapshot};
+use crate::model::encoder::Encoder;
+use crate::preprocess::Limits;
+use crate::query::{self, QueryTimings, SearchResponse};
+use crate::store::{DynStore, S3Store};
+
+/// Settings of the query service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// At most one manifest check per interval.
+    pub check_interval: Duration,
+    /// Lifetime of the presigned image URLs in results.
+    pub presign_ttl: Duration,
+    /// Limits on query images; `max_bytes` is the largest accepted image body.
+    pub limits: Limits,
+}
+
+/// Largest query image by default: API Gateway's payload limit to Lambda is 6 MB and base64 adds
+/// a third, so raw images up to 4.5 MiB can reach the function at all.
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 4608 * 1024;
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            check_interval: Duration::from_secs(5),
+            presign_ttl: Duration::from_secs(15 * 60),
+            limits: Limits {
+                max_bytes: DEFAULT_MAX_QUERY_BYTES,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// `LOOKALIKE_CHECK_INTERVAL_SECS`, `LOOKALIKE_PRESIGN_SECS` and the image limits
+    /// (`LOOKALIKE_MAX_IMAGE_BYTES`, `LOOKALIKE_MAX_PIXELS`, `LOOKALIKE_MAX_SIDE`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(ServiceConfig {
+            check_interval: env_secs("LOOKALIKE_CHECK_INTERVAL_SECS", d.check_interval)?,
+            presign_ttl: env_secs("LOOKALIKE_PRESIGN_SECS", d.presign_ttl)?,
+            limits: limits_from_env(d.limits)?,
+        })
+    }
+}
+
+/// One search result as the API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiResult {
+    pub key: String,
+    pub score: f32,
+    pub category: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// A presigned GET of the image (`null` for images that are not in S3).
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiTimings {
+    #[serde(flatten)]
+    pub query: QueryTimings,
+    pub presign_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiSearchResponse {
+    pub results: Vec<ApiResult>,
+    pub took_ms: f64,
+    pub index_version: u64,
+    pub timings: ApiTimings,
+}
+
+/// What `GET /stats` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub items: u64,
+    pub segments: usize,
+    pub version: u64,
+    pub model: String,
+    pub dims: usize,
+    pub distance: String,
+    pub bytes: u64,
+    pub deleted_keys: usize,
+    pub categories: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Stats {
+    pub fn of(snapshot: &Snapshot) -> Stats {
+        let m = &snapshot.manifest;
+        Stats {
+            items: snapshot.live_items(),
+            segments: snapshot.segment_count(),
+            version: m.version,
+            model: m.model.id.clone(),
+            dims: m.model.dims,
+            distance: m.distance.clone(),
+            bytes: m.total_bytes(),
+            deleted_keys: m.deleted.len(),
+            categories: snapshot
+                .categories()
+                .into_iter()
+                .map(|(c, n)| (c, n.into()))
+                .collect(),
+        }
+    }
+}
+
+/// The service behind the HTTP API. Create it once per process (Lambda container).
+pub struct QueryService {
+    store: DynStore,
+    cache_dir: PathBuf,
+    encoder: Arc<Encoder>,
+    config: ServiceConfig,
+    index: OnceCell<Arc<Index>>,
+    last_check: Mutex<Option<Instant>>,
+    s3: Option<aws_sdk_s3::Client>,
+}
+
+impl QueryService {
+    /// A service over the index in `store`, caching segments in `cache_dir`. Nothing is read
+    /// until [`QueryService::snapshot`] (call it in the init phase to start warm).
+    pub fn new(
+        store: DynStore,
+        cache_dir: impl Into<PathBuf>,
+        encoder: Arc<Encoder>,
+        config: ServiceConfig,
+    ) -> Self {
+        let s3 = store.s3_client();
+        QueryService {
+            store,
+            cache_dir: cache_dir.into(),
+            encoder,
+            config,
+            index: OnceCell::new(),
+            last_check: Mutex::new(None),
+            s3,
+        }
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The index, once opened.
+    pub fn index(&self) -> Option<&Arc<Index>> {
+        self.index.get()
+    }
+
+    /// The snapshot to answer from: opens the index on first use, then checks the manifest at
+    /// most once per `check_interval`. If a check fails after a snapshot was loaded, the last
+    /// snapshot keeps serving (it is complete and consistent) and the failure is logged; with
+    /// no snapshot at all the answer is 503.
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+        let model = self.encoder.model_ref();
+        let mut opened_now = false;
+        let index = self
+            .index
+            .get_or_try_init(|| async {
+                opened_now = true;
+                let index = Index::open(self.store.clone(), &self.cache_dir, Some(model)).await?;
+                Ok::<_, crate::index::IndexError>(Arc::new(index))
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, index = %self.store.location(), "cannot open the index");
+                ApiError::from(e)
+            })?;
+        if opened_now {
+            *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            return Ok(index.snapshot());
+        }
+        let due = {
+            let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
+            match *last {
+                Some(t) if t.elapsed() < self.config.check_interval => false,
+                _ => {
+                    *last = Some(Instant::now());
+                    true
+                }
+            }
+        };
+        if due {
+            match index.refresh().await {
+                Ok(s) => return Ok(s),
+                Err(e @ crate::index::IndexError::ModelMismatch { .. }) => return Err(e.into()),
+                Err(e) => {
+                    let current = index.snapshot();
+                    tracing::warn!(error = %e, version = current.version(), "manifest check failed; serving the last snapshot");
+                }
+            }
+        }
+        Ok(index.snapshot())
+    }
+
+    /// Answer one request. Never panics: every failure is a JSON error response.
+    pub async fn handle(&self, req: &ApiRequest) -> ApiResponse {
+        let start = Instant::now();
+        let answer = match req.route(self.config.limits.max_bytes) {
+            Ok(route) => self.answer(route, start).await,
+            Err(e) => Err(e),
+        };
+        let response = answer.unwrap_or_else(|e| {
+            if e.status >= 500 {
+                tracing::error!(status = e.status, code = e.code, message = %e.message, "request failed");
+            }
+            e.to_response()
+        });
+        tracing::info!(
+            method = %req.method,
+            path = %req.path,
+            status = response.status,
+            ms = start.elapsed().as_secs_f64() * 1e3,
+            "request"
+        );
+        response
+    }
+
+    async fn answer(&self, route: Route, start: Instant) -> Result<ApiResponse, ApiError> {
+        match route {
+            Route::OpenApi => Ok(ApiResponse {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: OPENAPI.as_bytes().to_vec(),
+            }),
+            Route::Stats => {
+                let snapshot = self.snapshot().await?;
+                Ok(ApiResponse::json(200, &Stats::of(&snapshot)))
+            }
+            Route::Search(input, params) => {
+                let r = self.search(input, params, start).await?;
+                Ok(ApiResponse::json(200, &r))
+            }
+        }
+    }
+
+    /// A search from one snapshot, with presigned URLs.
+    pub async fn search(
+        &self,
+        input: SearchInput,
+        params: SearchParams,
+        start: Instant,
+    ) -> Result<ApiSearchResponse, ApiError> {
+        let snapshot = self.snapshot().await?;
+        let encoder = self.encoder.clone();
+        let limits = self.config.limits;
+        // Decoding and encoding are CPU-bound: off the async runtime. A panic in there becomes
+        // a 500, not a dead process.
+        let found: SearchResponse = tokio::task::spawn_blocking(move || {
+            let category = params.category.as_deref();
+            match input {
+                SearchInput::Image(bytes) => {
+                    query::by_image(&snapshot, &encoder, &bytes, &limits, params.k, category)
+                }
+                SearchInput::Key(key) => query::by_key(&snapshot, &key, params.k, category),
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the search task failed: {e}")))??;
+        let t = Instant::now();
+        let mut results = Vec::with_capacity(found.results.len());
+        for r in found.results {
+            let url = self.presign(&r.source, &r.key).await;
+            results.push(ApiResult {
+                key: r.key,
+                score: r.score,
+                category: r.category,
+                metadata: r.metadata,
+                url,
+            });
+        }
+        Ok(ApiSearchResponse {
+            results,
+            took_ms: start.elapsed().as_secs_f64() * 1e3,
+            index_version: found.index_version,
+            timings: ApiTimings {
+                query: found.timings,
+                presign_ms: t.elapsed().as_secs_f64() * 1e3,
+            },
+        })
+    }
+
+    /// A presigned GET of `key` in `source` when that is an S3 location; `None` otherwise or
+    /// when signing fails (logged: a result without a URL beats no result).
+    async fn presign(&self, source: &str, key: &str) -> Option<String> {
+        let client = self.s3.as_ref()?;
+        let rest = source.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let store = S3Store::new(client.clone(), bucket, prefix);
+        match store.presign_get(key, self.config.presign_ttl).await {
+            Ok(url) => Some(url),
+            Err(e) => {
+                tracing::warn!(%key, %source, error = %e, "cannot presign");
+                None
+            }
+        }
+    }
+}
