@@ -732,23 +732,7 @@ async fn s3_missing_bucket_is_a_backend_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_unreachable_endpoint_is_a_backend_error() {
-    // A loopback port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "t", "t", None, None, "t",
-        ))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .force_path_style(true)
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-        .build();
-    let store = S3Store::new(aws_sdk_s3::Client::from_conf(conf), "bucket", "");
+    let store = S3Store::new(common::moto::unreachable_client(), "bucket", "");
     assert!(matches!(store.head("x").await, Err(StoreError::Backend(_))));
 }
 

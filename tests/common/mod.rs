@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod lambda;
 pub mod moto;
 
 use std::future::Future;
@@ -28,11 +29,33 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
+/// The repository's root (these helpers are shared by the crates under `functions/` too).
+pub fn repo_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|d| d.join("Cargo.lock").exists())
+        .unwrap_or(here)
+        .to_path_buf()
+}
+
 /// Path of a file under `tests/fixtures/`.
 pub fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    repo_root().join("tests/fixtures").join(name)
+}
+
+/// A distinct, decodable 96x96 JPEG: random coloured blocks from `seed`.
+pub fn synthetic_jpeg(seed: u64) -> Vec<u8> {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let colours: Vec<[u8; 3]> = (0..16)
+        .map(|_| [rng.random(), rng.random(), rng.random()])
+        .collect();
+    let img = image::RgbImage::from_fn(96, 96, |x, y| {
+        image::Rgb(colours[((y / 24) * 4 + x / 24) as usize])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
 }
 
 mod setup;

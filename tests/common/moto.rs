@@ -62,7 +62,7 @@ pub fn find_moto_server() -> Option<PathBuf> {
             p.display()
         );
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    let venv = super::repo_root().join(".venv/bin/moto_server");
     if is_executable(&venv) {
         return Some(venv);
     }
@@ -306,6 +306,25 @@ fn serialized_command(exe: &Path) -> Command {
 }
 
 /// A bucket name that is unique within this test run (pid + counter).
+/// A client for a loopback port that nothing listens on (retries disabled): every request fails
+/// at once with a connection error, as when S3 cannot be reached.
+pub fn unreachable_client() -> aws_sdk_s3::Client {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("t", "t", None, None, "t"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .force_path_style(true)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 pub fn unique_bucket(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);

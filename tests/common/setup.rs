@@ -21,7 +21,7 @@ pub async fn s3_store(name: &str) -> Option<DynStore> {
 pub fn model_dir() -> PathBuf {
     std::env::var_os("LOOKALIKE_TEST_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".lookalike/model"))
+        .unwrap_or_else(|| super::repo_root().join(".lookalike/model"))
 }
 
 /// The default encoder, loaded once per test binary; `None` (after a SKIPPED line) when the

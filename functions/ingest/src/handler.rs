@@ -1,0 +1,296 @@
+//! One invocation: notices grouped by bucket, each group one core ingest (one segment, one
+//! manifest commit), and the answer the trigger needs to retry exactly what did not commit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+use lookalike::index::segment::BuildParams;
+use lookalike::index::{Index, IndexError};
+use lookalike::ingest::{IngestReport, Ingester, Outcome};
+use lookalike::model::encoder::Encoder;
+use lookalike::preprocess::Limits;
+use lookalike::store::{DynStore, ObjectMeta, S3Store};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::events::{self, Batch, Change, Delivery, Notice};
+
+/// The function's state, created once per container.
+pub struct IngestFunction {
+    index_store: DynStore,
+    cache_dir: PathBuf,
+    encoder: Arc<Encoder>,
+    /// Client for the image buckets named in the events.
+    s3: aws_sdk_s3::Client,
+    limits: Limits,
+    build: BuildParams,
+    /// Opened on first use, so that a store outage fails invocations (which are retried), not
+    /// the container's init.
+    index: OnceCell<Arc<Index>>,
+}
+
+/// Milliseconds per stage, summed over the invocation's commits.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct StageMs {
+    /// Fetching the objects (concurrently).
+    pub fetch: f64,
+    /// Decoding, preprocessing and encoding (on all cores).
+    pub encode: f64,
+    /// Building and uploading the segment.
+    pub segment_write: f64,
+    /// The manifest compare-and-swap.
+    pub manifest_commit: f64,
+}
+
+/// Counts of one invocation, logged and returned for direct invocations.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub indexed: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub deleted: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub ignored: usize,
+    /// Manifest versions committed by this invocation.
+    pub versions: Vec<u64>,
+    pub times_ms: StageMs,
+}
+
+/// What an invocation produced.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    pub summary: Summary,
+    /// SQS message ids to retry.
+    pub failed_messages: Vec<String>,
+    /// Why a direct invocation failed (the Lambda then reports an error and is retried).
+    pub error: Option<String>,
+    pub delivery: Delivery,
+}
+
+impl Handled {
+    /// The invocation's response: the SQS partial batch response, or a summary.
+    pub fn response(&self) -> Result<Value, String> {
+        match self.delivery {
+            Delivery::Sqs => {
+                let mut r = SqsBatchResponse::default();
+                for id in &self.failed_messages {
+                    let mut f = BatchItemFailure::default();
+                    f.item_identifier = id.clone();
+                    r.batch_item_failures.push(f);
+                }
+                serde_json::to_value(r).map_err(|e| e.to_string())
+            }
+            Delivery::Direct => match &self.error {
+                Some(e) => Err(e.clone()),
+                None => serde_json::to_value(&self.summary).map_err(|e| e.to_string()),
+            },
+        }
+    }
+}
+
+impl IngestFunction {
+    pub fn new(
+        index_store: DynStore,
+        cache_dir: impl Into<PathBuf>,
+        encoder: Arc<Encoder>,
+        s3: aws_sdk_s3::Client,
+        limits: Limits,
+    ) -> Self {
+        IngestFunction {
+            index_store,
+            cache_dir: cache_dir.into(),
+            encoder,
+            s3,
+            limits,
+            build: BuildParams::default(),
+            index: OnceCell::new(),
+        }
+    }
+
+    /// The index, opened (and its segments synced) on first use.
+    pub async fn index(&self) -> Result<&Arc<Index>, IndexError> {
+        let model = self.encoder.model_ref();
+        self.index
+            .get_or_try_init(|| async {
+                let index =
+                    Index::open(self.index_store.clone(), &self.cache_dir, Some(model)).await?;
+                Ok(Arc::new(index))
+            })
+            .await
+    }
+
+    /// Whether `bucket`/`key` is one of the index's own objects (an event for it means the
+    /// notification is configured too broadly; following it would loop).
+    fn is_own_object(&self, bucket: &str, key: &str) -> bool {
+        let location = self.index_store.location();
+        let Some(rest) = location.strip_prefix("s3://") else {
+            return false;
+        };
+        let (ib, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        ib == bucket && (prefix.is_empty() || key.starts_with(&format!("{prefix}/")))
+    }
+
+    /// Handle one invocation's payload.
+    pub async fn handle(&self, event: &Value) -> Handled {
+        let start = Instant::now();
+        let batch = match events::parse(event) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot handle this event");
+                return Handled {
+                    summary: Summary::default(),
+                    failed_messages: Vec::new(),
+                    error: Some(e.to_string()),
+                    delivery: Delivery::Direct,
+                };
+            }
+        };
+        let handled = self.handle_batch(batch).await;
+        tracing::info!(
+            summary = ?handled.summary,
+            failed_messages = handled.failed_messages.len(),
+            ms = start.elapsed().as_secs_f64() * 1e3,
+            "ingest invocation"
+        );
+        handled
+    }
+
+    async fn handle_batch(&self, batch: Batch) -> Handled {
+        let mut summary = Summary {
+            ignored: batch.ignored,
+            ..Summary::default()
+        };
+        let mut failed_messages: HashSet<String> =
+            batch.unreadable.iter().map(|(id, _)| id.clone()).collect();
+        let mut error = None;
+
+        // Per bucket: the latest change per key (any creation wins: the object is fetched, and
+        // if it is gone by then the key is deleted; removals are checked against the bucket).
+        let mut buckets: BTreeMap<String, BTreeMap<String, Vec<&Notice>>> = BTreeMap::new();
+        for n in &batch.notices {
+            if self.is_own_object(&n.bucket, &n.key) {
+                tracing::warn!(bucket = %n.bucket, key = %n.key, "ignoring an event for the index's own prefix; exclude it from the notification");
+                summary.ignored += 1;
+                continue;
+            }
+            if n.key.ends_with('/') {
+                summary.ignored += 1; // a "folder" marker
+                continue;
+            }
+            buckets
+                .entry(n.bucket.clone())
+                .or_default()
+                .entry(n.key.clone())
+                .or_default()
+                .push(n);
+        }
+
+        for (bucket, keys) in &buckets {
+            let mut objects = Vec::new();
+            let mut deleted = Vec::new();
+            for (key, notices) in keys {
+                let created = notices.iter().rev().find_map(|n| match &n.change {
+                    Change::Created { size, etag } => Some((*size, etag.clone())),
+                    Change::Removed => None,
+                });
+                match created {
+                    Some((size, etag)) => objects.push(ObjectMeta {
+                        key: key.clone(),
+                        size,
+                        etag,
+                        metadata: Default::default(),
+                    }),
+                    None => deleted.push(key.clone()),
+                }
+            }
+            let messages_of = |key: &str| -> Vec<String> {
+                keys.get(key)
+                    .map(|ns| ns.iter().filter_map(|n| n.message_id.clone()).collect())
+                    .unwrap_or_default()
+            };
+            match self.ingest_bucket(bucket, objects, deleted).await {
+                Ok(report) => {
+                    add_report(&mut summary, &report);
+                    for item in report.failed() {
+                        failed_messages.extend(messages_of(&item.key));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%bucket, error = %e, "ingest failed; the batch will be retried");
+                    summary.failed += keys.len();
+                    for key in keys.keys() {
+                        failed_messages.extend(messages_of(key));
+                    }
+                    error = Some(format!("ingest of s3://{bucket} failed: {e}"));
+                }
+            }
+        }
+        if batch.delivery == Delivery::Direct && error.is_none() && summary.failed > 0 {
+            error = Some(format!(
+                "{} objects could not be fetched; retry",
+                summary.failed
+            ));
+        }
+        let mut failed_messages: Vec<String> = failed_messages.into_iter().collect();
+        failed_messages.sort();
+        Handled {
+            summary,
+            failed_messages,
+            error,
+            delivery: batch.delivery,
+        }
+    }
+
+    async fn ingest_bucket(
+        &self,
+        bucket: &str,
+        objects: Vec<ObjectMeta>,
+        deleted: Vec<String>,
+    ) -> Result<IngestReport, IndexError> {
+        let index = self.index().await?.clone();
+        let ingester = Ingester {
+            index,
+            encoder: self.encoder.clone(),
+            source: Arc::new(S3Store::new(self.s3.clone(), bucket, "")),
+            limits: self.limits,
+            metadata: None,
+            build: self.build,
+        };
+        let report = ingester.ingest(objects, deleted, None).await?;
+        tracing::info!(%bucket, version = ?report.version, segment = ?report.segment, "committed");
+        Ok(report)
+    }
+}
+
+fn add_report(summary: &mut Summary, report: &IngestReport) {
+    let mut per: HashMap<&'static str, usize> = HashMap::new();
+    for item in &report.items {
+        let name = match item.outcome {
+            Outcome::Indexed => "indexed",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Deleted => "deleted",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Failed { .. } => "failed",
+        };
+        *per.entry(name).or_default() += 1;
+    }
+    let n = |k| per.get(k).copied().unwrap_or(0);
+    summary.indexed += n("indexed");
+    summary.duplicates += n("duplicate");
+    summary.rejected += n("rejected");
+    summary.deleted += n("deleted");
+    summary.skipped += n("skipped");
+    summary.failed += n("failed");
+    summary.versions.extend(report.version);
+    let t = &report.times;
+    summary.times_ms.fetch += t.fetch.as_secs_f64() * 1e3;
+    summary.times_ms.encode += t.encode.as_secs_f64() * 1e3;
+    summary.times_ms.segment_write += t.segment_write.as_secs_f64() * 1e3;
+    summary.times_ms.manifest_commit += t.manifest_commit.as_secs_f64() * 1e3;
+}

@@ -1,0 +1,395 @@
+//! The ingest function's handler, driven with the `events/` files (retargeted at a test bucket)
+//! against a real S3 API (moto) and the real encoder. Skipped with a message when moto or the
+//! model is missing (scripts/test.sh provides both).
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::lambda::{delete_object, put_object, s3_event, s3_record, sqs_batch};
+use lookalike::index::segment::BuildParams;
+use lookalike::index::{writer, Index, ItemRecord, Snapshot};
+use lookalike::ingest::{rejected_key, RejectedRecord};
+use lookalike::preprocess::Limits;
+use lookalike::store::{GetResult, S3Store};
+use lookalike_ingest::IngestFunction;
+use serde_json::{json, Value};
+
+use common::lambda::TestBucket as Env;
+
+impl Env {
+    /// A new function instance (a new container: its own cache in its own /tmp).
+    fn function(&self) -> IngestFunction {
+        IngestFunction::new(
+            self.index_store.clone(),
+            self.tempdir(),
+            self.encoder.clone(),
+            self.client.clone(),
+            Limits::default(),
+        )
+    }
+
+    fn put_event(&self, keys: &[&str]) -> Value {
+        s3_event(
+            keys.iter()
+                .map(|k| s3_record(true, &self.bucket, k))
+                .collect(),
+        )
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(common::fixture(name)).unwrap()
+}
+
+fn failures(response: &Value) -> Vec<String> {
+    response["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch response: {response}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn keys(snapshot: &Snapshot) -> Vec<String> {
+    let mut keys: Vec<String> = snapshot
+        .live_items_with_vectors()
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn put_makes_searchable_delete_removes_overwrite_replaces() {
+    common::block_on(async {
+        let Some(env) = Env::new("put-delete").await else {
+            return;
+        };
+        let f = env.function();
+        // The events/ file's key is URL-encoded ("chelsea+the+cat.jpg"): it names this object.
+        let key = "catalog/cats/chelsea the cat.jpg";
+        put_object(
+            &env.client,
+            &env.bucket,
+            key,
+            fixture("chelsea.jpg"),
+            &[("photographer", "Stefan van der Walt")],
+        )
+        .await;
+        let put = common::lambda::event("s3-put.json", &env.bucket);
+        let handled = f.handle(&put).await;
+        assert_eq!(handled.error, None);
+        assert_eq!(handled.summary.indexed, 1, "{:?}", handled.summary);
+        let summary = handled.response().unwrap();
+        assert_eq!(summary["indexed"], 1);
+
+        let snap = env.snapshot().await;
+        assert_eq!(keys(&snap), vec![key.to_string()]);
+        let record: ItemRecord = snap.record(key).unwrap().unwrap();
+        assert_eq!(record.category, "cats");
+        assert_eq!(record.metadata["photographer"], "Stefan van der Walt");
+        assert_eq!(record.source, format!("s3://{}", env.bucket));
+        let query = env
+            .encoder
+            .encode_image(&fixture("chelsea.jpg"), &Limits::default())
+            .unwrap();
+        let hits = snap.search(&query, 1, None, None).unwrap();
+        assert_eq!(hits[0].record.key, key);
+        assert!(hits[0].score > 0.99, "{}", hits[0].score);
+
+        // Overwrite: same key, another image -> only the new vector.
+        env.put(key, fixture("coffee.jpg")).await;
+        let handled = f.handle(&put).await;
+        assert_eq!(handled.summary.indexed, 1, "{:?}", handled.summary);
+        let snap = env.snapshot().await;
+        assert_eq!(snap.live_items(), 1);
+        let (_, vector) = snap.lookup(key).unwrap().unwrap();
+        let coffee = env
+            .encoder
+            .encode_image(&fixture("coffee.jpg"), &Limits::default())
+            .unwrap();
+        let cos: f32 = vector.iter().zip(&coffee).map(|(a, b)| a * b).sum();
+        assert!(
+            cos > 0.999,
+            "the indexed vector is not the new image's ({cos})"
+        );
+        let hits = snap.search(&query, 5, None, None).unwrap();
+        assert_eq!(hits.len(), 1, "the old vector must be gone");
+
+        // Delete.
+        delete_object(&env.client, &env.bucket, key).await;
+        let handled = f
+            .handle(&common::lambda::event("s3-delete.json", &env.bucket))
+            .await;
+        assert_eq!(handled.summary.deleted, 1, "{:?}", handled.summary);
+        let snap = env.snapshot().await;
+        assert_eq!(snap.live_items(), 0);
+        assert!(snap.search(&query, 5, None, None).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn the_same_event_twice_is_one_item_and_a_stale_delete_is_ignored() {
+    common::block_on(async {
+        let Some(env) = Env::new("twice").await else {
+            return;
+        };
+        env.put("shop/a.jpg", common::synthetic_jpeg(1)).await;
+        let ev = env.put_event(&["shop/a.jpg"]);
+        let first = env.function().handle(&ev).await;
+        assert_eq!(first.summary.indexed, 1);
+        // Redelivered, to another container and to the same one.
+        let second = env.function().handle(&ev).await;
+        assert_eq!(second.summary.duplicates, 1, "{:?}", second.summary);
+        assert_eq!(second.summary.versions, Vec::<u64>::new(), "no commit");
+        let snap = env.snapshot().await;
+        assert_eq!(snap.live_items(), 1);
+        assert_eq!(snap.manifest.segments.len(), 1);
+
+        // A delete notification that arrives after the key was uploaded again changes nothing.
+        let stale_delete = s3_event(vec![s3_record(false, &env.bucket, "shop/a.jpg")]);
+        let handled = env.function().handle(&stale_delete).await;
+        assert_eq!(handled.summary.skipped, 1, "{:?}", handled.summary);
+        assert_eq!(env.snapshot().await.live_items(), 1);
+
+        // A creation whose object is gone by the time it is fetched deletes the key.
+        delete_object(&env.client, &env.bucket, "shop/a.jpg").await;
+        let handled = env.function().handle(&ev).await;
+        assert_eq!(handled.summary.deleted, 1, "{:?}", handled.summary);
+        assert_eq!(env.snapshot().await.live_items(), 0);
+    });
+}
+
+#[test]
+fn eight_concurrent_invocations_of_25_images_make_200_items() {
+    common::block_on(async {
+        let Some(env) = Env::new("concurrent").await else {
+            return;
+        };
+        let mut batches = Vec::new();
+        for inv in 0..8u64 {
+            let mut bodies = Vec::new();
+            for i in 0..25u64 {
+                let key = format!("cat{inv}/img-{i}.jpg");
+                env.put(&key, common::synthetic_jpeg(inv * 100 + i)).await;
+                bodies.push(s3_event(vec![s3_record(true, &env.bucket, &key)]));
+            }
+            batches.push(sqs_batch(&env.bucket, bodies));
+        }
+        let functions: Vec<IngestFunction> = (0..8).map(|_| env.function()).collect();
+        let handled =
+            futures::future::join_all(functions.iter().zip(&batches).map(|(f, b)| f.handle(b)))
+                .await;
+        for h in &handled {
+            assert_eq!(failures(&h.response().unwrap()), Vec::<String>::new());
+            assert_eq!(h.summary.indexed, 25, "{:?}", h.summary);
+        }
+        let snap = env.snapshot().await;
+        assert_eq!(snap.live_items(), 200);
+        assert_eq!(snap.manifest.segments.len(), 8);
+        assert_eq!(keys(&snap).len(), 200);
+        let categories = snap.categories();
+        assert_eq!(categories.len(), 8);
+        assert!(categories.iter().all(|(_, n)| *n == 25), "{categories:?}");
+    });
+}
+
+#[test]
+fn a_corrupt_image_is_rejected_for_good_and_not_a_batch_failure() {
+    common::block_on(async {
+        let Some(env) = Env::new("corrupt").await else {
+            return;
+        };
+        let mut bodies = Vec::new();
+        for i in 0..9u64 {
+            let key = format!("good/{i}.jpg");
+            env.put(&key, common::synthetic_jpeg(500 + i)).await;
+            bodies.push(s3_event(vec![s3_record(true, &env.bucket, &key)]));
+        }
+        let mut corrupt = fixture("rocket.jpg");
+        corrupt.truncate(300);
+        env.put("bad/truncated.jpg", corrupt).await;
+        bodies.push(s3_event(vec![s3_record(
+            true,
+            &env.bucket,
+            "bad/truncated.jpg",
+        )]));
+        let batch = sqs_batch(&env.bucket, bodies);
+        let handled = env.function().handle(&batch).await;
+        assert_eq!(failures(&handled.response().unwrap()), Vec::<String>::new());
+        assert_eq!(handled.summary.indexed, 9);
+        assert_eq!(handled.summary.rejected, 1);
+        assert_eq!(env.snapshot().await.live_items(), 9);
+
+        let GetResult::Found(obj) = env
+            .index_store
+            .get(&rejected_key("bad/truncated.jpg"), None)
+            .await
+            .unwrap()
+        else {
+            panic!("no rejection record");
+        };
+        let record: RejectedRecord = serde_json::from_slice(&obj.bytes).unwrap();
+        assert_eq!(record.key, "bad/truncated.jpg");
+        assert!(!record.etag.is_empty());
+        assert!(record.reason.contains("decode"), "{}", record.reason);
+
+        // Delivered again: rejected again, still not a failure, still 9 items.
+        let again = env.function().handle(&batch).await;
+        assert_eq!(failures(&again.response().unwrap()), Vec::<String>::new());
+        assert_eq!(env.snapshot().await.live_items(), 9);
+    });
+}
+
+#[test]
+fn with_the_store_unreachable_every_message_is_a_failure() {
+    common::block_on(async {
+        let Some(encoder) = common::encoder() else {
+            return;
+        };
+        let client = common::moto::unreachable_client();
+        let dir = common::tempdir();
+        let f = IngestFunction::new(
+            Arc::new(S3Store::new(client.clone(), "unreachable", "index")),
+            dir.path(),
+            encoder,
+            client,
+            Limits::default(),
+        );
+        let bodies = (0..3)
+            .map(|i| s3_event(vec![s3_record(true, "unreachable", &format!("x/{i}.jpg"))]))
+            .collect();
+        let handled = f.handle(&sqs_batch("unreachable", bodies)).await;
+        assert_eq!(
+            failures(&handled.response().unwrap()),
+            vec!["msg-0", "msg-1", "msg-2"]
+        );
+        // A direct invocation reports an error (so Lambda retries it).
+        let direct = f
+            .handle(&s3_event(vec![s3_record(true, "unreachable", "x/0.jpg")]))
+            .await;
+        assert!(direct.response().is_err());
+    });
+}
+
+#[test]
+fn test_events_own_prefix_and_unreadable_messages() {
+    common::block_on(async {
+        let Some(env) = Env::new("misc").await else {
+            return;
+        };
+        let f = env.function();
+        // The message S3 sends when the notification is configured: nothing to do.
+        let handled = f
+            .handle(&common::lambda::event(
+                "sqs-s3-test-event.json",
+                &env.bucket,
+            ))
+            .await;
+        assert_eq!(failures(&handled.response().unwrap()), Vec::<String>::new());
+        assert_eq!(handled.summary.ignored, 1);
+
+        // An event for the index's own prefix (a notification configured too broadly) is
+        // ignored, and an unreadable message is returned as a failure (it ends in the DLQ);
+        // the good message of the same batch is committed.
+        env.put("ok/1.jpg", common::synthetic_jpeg(77)).await;
+        let batch = sqs_batch(
+            &env.bucket,
+            vec![
+                s3_event(vec![s3_record(true, &env.bucket, "index/manifest.json")]),
+                json!("this is not an S3 event"),
+                s3_event(vec![s3_record(true, &env.bucket, "ok/1.jpg")]),
+            ],
+        );
+        let handled = f.handle(&batch).await;
+        assert_eq!(failures(&handled.response().unwrap()), vec!["msg-1"]);
+        assert_eq!(handled.summary.ignored, 1);
+        assert_eq!(handled.summary.indexed, 1);
+        assert_eq!(keys(&*env.snapshot().await), vec!["ok/1.jpg"]);
+
+        // The SQS batch from events/: two uploads and a delete of a key never indexed.
+        env.put("catalog/drinks/coffee.jpg", fixture("coffee.jpg"))
+            .await;
+        env.put("catalog/space/rocket.jpg", fixture("rocket.jpg"))
+            .await;
+        let handled = f
+            .handle(&common::lambda::event("sqs-s3-batch.json", &env.bucket))
+            .await;
+        assert_eq!(failures(&handled.response().unwrap()), Vec::<String>::new());
+        assert_eq!(handled.summary.indexed, 2, "{:?}", handled.summary);
+        assert_eq!(env.snapshot().await.live_items(), 3);
+
+        // Not an S3 or SQS event at all: an error, not a panic.
+        assert!(f
+            .handle(&json!({"hello": "world"}))
+            .await
+            .response()
+            .is_err());
+    });
+}
+
+#[test]
+fn a_segment_written_but_never_committed_is_invisible_and_collected() {
+    common::block_on(async {
+        let Some(env) = Env::new("orphan").await else {
+            return;
+        };
+        env.put("a/1.jpg", common::synthetic_jpeg(1)).await;
+        let handled = env.function().handle(&env.put_event(&["a/1.jpg"])).await;
+        assert_eq!(handled.summary.indexed, 1);
+
+        // An invocation that dies between the segment upload and the manifest commit.
+        let index = Index::open(env.index_store.clone(), &env.tempdir(), None)
+            .await
+            .unwrap();
+        let model = env.encoder.model_ref();
+        let vector = env
+            .encoder
+            .encode_image(&common::synthetic_jpeg(2), &Limits::default())
+            .unwrap();
+        let record = ItemRecord {
+            key: "a/2.jpg".into(),
+            source: format!("s3://{}", env.bucket),
+            etag: "x".into(),
+            size: 1,
+            category: "a".into(),
+            metadata: Default::default(),
+        };
+        let orphan = writer::build_and_upload(
+            &index,
+            &model,
+            vec![(record, vector.clone())],
+            0,
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
+        drop(orphan); // the process is gone
+        let listed = env.index_store.list("segments/").await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+
+        // Not visible to readers, nor to the next ingest.
+        let snap = env.snapshot().await;
+        assert_eq!(keys(&snap), vec!["a/1.jpg"]);
+        assert!(snap
+            .search(&vector, 5, None, None)
+            .unwrap()
+            .iter()
+            .all(|h| h.record.key != "a/2.jpg"));
+        env.put("a/3.jpg", common::synthetic_jpeg(3)).await;
+        env.function().handle(&env.put_event(&["a/3.jpg"])).await;
+        assert_eq!(keys(&*env.snapshot().await), vec!["a/1.jpg", "a/3.jpg"]);
+
+        // Garbage collection (no grace period here) removes exactly the orphan.
+        let removed = writer::gc(&index, Duration::ZERO).await.unwrap();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        let left = env.index_store.list("segments/").await.unwrap();
+        assert_eq!(left.len(), 2);
+        assert_eq!(keys(&*env.snapshot().await), vec!["a/1.jpg", "a/3.jpg"]);
+    });
+}
