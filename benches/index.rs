@@ -7,35 +7,20 @@
 //!    (real embeddings + Gaussian noise), for several search_k factors; latency p50/p99; bytes/item.
 //! 3. `lookalike index` on clothing-small: images/s and peak memory (/usr/bin/time).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod support;
+
+use std::path::Path;
 use std::time::Instant;
 
-use lookalike::index::segment::{BuildParams, ItemRecord};
-use lookalike::index::{writer, Index, ModelRef};
 use lookalike::model::encoder::Encoder;
 use lookalike::preprocess::Limits;
-use lookalike::store::LocalStore;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rayon::prelude::*;
-
-const DATASET: &str = "../shared/datasets/clothing-small";
-const MODEL: &str = ".lookalike/model";
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    let n = dot(&v, &v).sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
+use support::{
+    build_index, dataset_images, dot, percentile, record, synth_between, update_section, DATASET,
+    MODEL,
+};
 
 /// Exact top-k by cosine (vectors are unit norm), excluding `skip`.
 fn exact_topk(base: &[Vec<f32>], q: &[f32], k: usize, skip: Option<usize>) -> Vec<usize> {
@@ -49,60 +34,6 @@ fn exact_topk(base: &[Vec<f32>], q: &[f32], k: usize, skip: Option<usize>) -> Ve
     scored.truncate(k);
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     scored.into_iter().map(|(_, i)| i).collect()
-}
-
-fn dataset_images() -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(DATASET)
-        .sort_by_file_name()
-        .into_iter()
-        .flatten()
-    {
-        let p = entry.path();
-        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
-            let key = p
-                .strip_prefix(DATASET)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            out.push((key, p.to_path_buf()));
-        }
-    }
-    out
-}
-
-fn record(key: &str) -> ItemRecord {
-    ItemRecord {
-        key: key.to_string(),
-        source: "bench".into(),
-        etag: "e".into(),
-        size: 0,
-        category: lookalike::catalog::category_of(key).to_string(),
-        metadata: Default::default(),
-    }
-}
-
-async fn build_index(
-    model: &ModelRef,
-    items: Vec<(ItemRecord, Vec<f32>)>,
-    segments: usize,
-) -> (Index, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
-    let index = Index::open(store, &dir.path().join("cache"), Some(model.clone()))
-        .await
-        .unwrap();
-    let per = items.len().div_ceil(segments);
-    let mut items = items;
-    while !items.is_empty() {
-        let rest = items.split_off(per.min(items.len()));
-        writer::append(&index, model, items, &[], BuildParams::default())
-            .await
-            .unwrap();
-        items = rest;
-    }
-    index.refresh().await.unwrap();
-    (index, dir)
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -158,10 +89,7 @@ async fn main() {
     );
 
     let encoder = Encoder::load(Path::new(MODEL)).unwrap();
-    let model = ModelRef {
-        id: encoder.model_id().to_string(),
-        dims: encoder.dims(),
-    };
+    let model = encoder.model_ref();
     let images = dataset_images();
     let t = Instant::now();
     let vectors: Vec<Vec<f32>> = images
@@ -227,21 +155,7 @@ async fn main() {
     let mut scale = Vec::new();
     for (n, segments) in [(10_000usize, 4usize), (100_000, 5)] {
         let mut rng = StdRng::seed_from_u64(n as u64);
-        // A point between two random real embeddings, plus noise: spreads n items over the region
-        // real photos occupy without the ties that copies of a few hundred vectors would create.
-        let synth = |rng: &mut StdRng| -> Vec<f32> {
-            let (a, b) = (
-                &vectors[rng.random_range(0..vectors.len())],
-                &vectors[rng.random_range(0..vectors.len())],
-            );
-            let w: f32 = rng.random_range(0.0..1.0);
-            unit(
-                a.iter()
-                    .zip(b)
-                    .map(|(x, y)| w * x + (1.0 - w) * y + 0.01 * gaussian(rng))
-                    .collect(),
-            )
-        };
+        let synth = |rng: &mut StdRng| synth_between(&vectors, rng);
         let base: Vec<Vec<f32>> = (0..n).map(|_| synth(&mut rng)).collect();
         let queries: Vec<Vec<f32>> = (0..200).map(|_| synth(&mut rng)).collect();
         let truth: Vec<Vec<usize>> = queries
@@ -291,29 +205,8 @@ async fn main() {
     .unwrap();
     update_section(
         "index",
+        "Index",
         &format!("Command: `cargo bench --bench index`\n\n{md}"),
     );
     println!("wrote target/bench/index.json and the index section of BENCHMARKS.md");
-}
-
-fn gaussian(rng: &mut StdRng) -> f32 {
-    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-    let u2: f32 = rng.random_range(0.0..1.0);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-}
-
-/// Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in BENCHMARKS.md.
-fn update_section(name: &str, body: &str) {
-    let path = Path::new("BENCHMARKS.md");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let (begin, end) = (
-        format!("<!-- {name}:begin -->"),
-        format!("<!-- {name}:end -->"),
-    );
-    let block = format!("{begin}\n{body}\n{end}");
-    let new = match (text.find(&begin), text.find(&end)) {
-        (Some(b), Some(e)) if e > b => format!("{}{}{}", &text[..b], block, &text[e + end.len()..]),
-        _ => format!("{}\n## Index\n\n{block}\n", text.trim_end()),
-    };
-    std::fs::write(path, new).unwrap();
 }

@@ -1,0 +1,170 @@
+//! Helpers shared by the benchmarks (`mod support;` from a bench; the function crates' benches
+//! include it by path): the labelled photo set, synthetic embeddings, indexes, BENCHMARKS.md.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lookalike::index::segment::{BuildParams, ItemRecord};
+use lookalike::index::{writer, Index, ModelRef};
+use lookalike::store::{DynStore, LocalStore};
+use rand::rngs::StdRng;
+use rand::RngExt;
+
+/// The labelled photos (read in place, never copied into the repository).
+pub const DATASET: &str = "../shared/datasets/clothing-small";
+/// The imported default model.
+pub const MODEL: &str = ".lookalike/model";
+
+/// The repository's root (benches run with the package's folder as working directory).
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|d| d.join("Cargo.lock").exists())
+        .unwrap_or(here)
+        .to_path_buf()
+}
+
+/// `DATASET` and `MODEL` under the repository root, or `None` (after a SKIPPED line).
+pub fn dataset_and_model() -> Option<(PathBuf, PathBuf)> {
+    let (data, model) = (repo_root().join(DATASET), repo_root().join(MODEL));
+    if data.is_dir() && model.join("encoder.onnx").exists() {
+        Some((data, model))
+    } else {
+        println!(
+            "SKIPPED: needs {} and an imported model in {} (run scripts/demo.sh first)",
+            data.display(),
+            model.display()
+        );
+        None
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = dot(&v, &v).sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// The median (of a non-empty list).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn dataset_images() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(repo_root().join(DATASET))
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+    {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
+            let key = p
+                .strip_prefix(repo_root().join(DATASET))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.push((key, p.to_path_buf()));
+        }
+    }
+    out
+}
+
+pub fn record(key: &str) -> ItemRecord {
+    ItemRecord {
+        key: key.to_string(),
+        source: "bench".into(),
+        etag: "e".into(),
+        size: 0,
+        category: lookalike::catalog::category_of(key).to_string(),
+        metadata: Default::default(),
+    }
+}
+
+/// An index in a fresh local folder holding `items` in `segments` segments.
+pub async fn build_index(
+    model: &ModelRef,
+    items: Vec<(ItemRecord, Vec<f32>)>,
+    segments: usize,
+) -> (Index, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
+    let index = build_index_in(store, &dir.path().join("cache"), model, items, segments).await;
+    (index, dir)
+}
+
+/// An index in `store` (cached in `cache`) holding `items` in `segments` segments.
+pub async fn build_index_in(
+    store: DynStore,
+    cache: &Path,
+    model: &ModelRef,
+    items: Vec<(ItemRecord, Vec<f32>)>,
+    segments: usize,
+) -> Index {
+    let index = Index::open(store, cache, Some(model.clone()))
+        .await
+        .unwrap();
+    let per = items.len().div_ceil(segments.max(1)).max(1);
+    let mut items = items;
+    while !items.is_empty() {
+        let rest = items.split_off(per.min(items.len()));
+        writer::append(&index, model, items, &[], BuildParams::default())
+            .await
+            .unwrap();
+        items = rest;
+    }
+    index.refresh().await.unwrap();
+    index
+}
+
+/// A point between two random real embeddings, plus noise (σ = 0.01 per dimension),
+/// renormalised: spreads synthetic items over the region real photos occupy without the ties
+/// that copies of a few hundred vectors would create.
+pub fn synth_between(vectors: &[Vec<f32>], rng: &mut StdRng) -> Vec<f32> {
+    let (a, b) = (
+        &vectors[rng.random_range(0..vectors.len())],
+        &vectors[rng.random_range(0..vectors.len())],
+    );
+    let w: f32 = rng.random_range(0.0..1.0);
+    unit(
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| w * x + (1.0 - w) * y + 0.01 * gaussian(rng))
+            .collect(),
+    )
+}
+
+pub fn gaussian(rng: &mut StdRng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
+/// Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in BENCHMARKS.md.
+/// A missing section is appended under `## {heading}`.
+pub fn update_section(name: &str, heading: &str, body: &str) {
+    let path = repo_root().join("BENCHMARKS.md");
+    let path = path.as_path();
+    let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let block = format!("{begin}\n{body}\n{end}");
+    let new = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &text[..b], block, &text[e + end.len()..]),
+        _ => format!("{}\n\n## {heading}\n\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(path, new).unwrap();
+}
