@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lookalike::index::segment::BuildParams;
-use lookalike::index::Index;
 use lookalike::ingest::Ingester;
 use lookalike::model::encoder::Encoder;
 use lookalike::preprocess::{self, Limits};

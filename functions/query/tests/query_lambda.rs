@@ -371,7 +371,7 @@ fn every_bad_request_gets_its_json_error() {
             "{\"key\": \"a\", \"image_base64\": \"AAAA\"}",
             "[1, 2]",
         ] {
-            let r = send(&service, json_search(&body)).await;
+            let r = send(&service, json_search(body)).await;
             assert_error(&r, 400, "invalid_json");
         }
         let r = send(&service, json_search("{\"image_base64\": \"@@@\"}")).await;
