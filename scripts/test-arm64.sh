@@ -27,7 +27,7 @@ if ! command -v qemu-aarch64-static >/dev/null || [ ! -d /usr/aarch64-linux-gnu 
     fi
 fi
 
-cargo lambda build --release --arm64 --bin lookalike-ingest --bin lookalike-query
+cargo lambda build --release --arm64 -p lookalike-ingest -p lookalike-query
 file "$target/lambda/lookalike-query/bootstrap" | grep -q aarch64
 
 # The model and the x86-64 binaries (debug build, as the test suite uses).
