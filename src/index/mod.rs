@@ -142,13 +142,14 @@ impl Index {
         }
         let cache = self.cache.clone();
         let etag = object.meta.etag.clone();
+        let previous = current.clone();
         let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, IndexError> {
             let opened = manifest
                 .segments
                 .iter()
                 .map(|s| Segment::open(&cache.path_of(&s.name)))
                 .collect::<Result<Vec<_>, _>>()?;
-            Snapshot::new(manifest, Some(etag), opened)
+            Snapshot::next(&previous, manifest, Some(etag), opened)
         })
         .await
         .map_err(|e| IndexError::Internal(e.to_string()))??;

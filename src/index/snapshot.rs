@@ -49,6 +49,44 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// The live items of one segment: those not deleted after it and not in a newer segment
+/// (`seen` holds the keys of the newer segments and receives this segment's live keys).
+fn live_segment(
+    manifest: &Manifest,
+    entry: &SegmentEntry,
+    seg: Arc<Segment>,
+    seen: &mut HashSet<String>,
+) -> Result<LiveSegment, IndexError> {
+    if seg.model_id != manifest.model.id || seg.dims != manifest.model.dims {
+        return Err(IndexError::Corrupt(
+            entry.name.clone(),
+            format!(
+                "segment holds model {} ({}d), manifest says {}",
+                seg.model_id, seg.dims, manifest.model.id
+            ),
+        ));
+    }
+    let mut live = RoaringBitmap::new();
+    let mut categories: HashMap<String, RoaringBitmap> = HashMap::new();
+    for (id, rec) in seg.records()? {
+        if manifest.is_deleted(&rec.key, entry.sequence) || seen.contains(&rec.key) {
+            continue;
+        }
+        live.insert(id);
+        categories
+            .entry(rec.category.clone())
+            .or_default()
+            .insert(id);
+        seen.insert(rec.key);
+    }
+    Ok(LiveSegment {
+        entry: entry.clone(),
+        seg,
+        live,
+        categories,
+    })
+}
+
 impl Snapshot {
     /// An index with no manifest yet.
     pub fn empty(manifest: Manifest) -> Self {
@@ -69,44 +107,96 @@ impl Snapshot {
     ) -> Result<Self, IndexError> {
         let mut seen: HashSet<String> = HashSet::new();
         let mut segments = Vec::with_capacity(opened.len());
-        let mut live_items = 0;
         for (entry, seg) in manifest.segments.iter().zip(opened).rev() {
-            if seg.model_id != manifest.model.id || seg.dims != manifest.model.dims {
-                return Err(IndexError::Corrupt(
-                    entry.name.clone(),
-                    format!(
-                        "segment holds model {} ({}d), manifest says {}",
-                        seg.model_id, seg.dims, manifest.model.id
-                    ),
-                ));
-            }
-            let mut live = RoaringBitmap::new();
-            let mut categories: HashMap<String, RoaringBitmap> = HashMap::new();
-            for (id, rec) in seg.records()? {
-                if manifest.is_deleted(&rec.key, entry.sequence) || seen.contains(&rec.key) {
-                    continue;
-                }
-                live.insert(id);
-                categories
-                    .entry(rec.category.clone())
-                    .or_default()
-                    .insert(id);
-                seen.insert(rec.key);
-            }
-            live_items += live.len();
-            segments.push(LiveSegment {
-                entry: entry.clone(),
-                seg,
-                live,
-                categories,
-            });
+            segments.push(live_segment(&manifest, entry, seg, &mut seen)?);
         }
+        let live_items = segments.iter().map(|s| s.live.len()).sum();
         Ok(Snapshot {
             manifest,
             etag,
             segments,
             live_items,
             search_k_factor: DEFAULT_SEARCH_K_FACTOR,
+        })
+    }
+
+    /// The snapshot of `manifest`, reusing the work of `prev` when `manifest` only appended
+    /// segments and deletions to it (what every ingest commit does): the older segments keep
+    /// their live bitmaps minus the keys that the new segments supersede or the new deletions
+    /// hide, so the cost follows the change, not the index. Anything else (a compaction, another
+    /// model) is built from scratch with [`Snapshot::new`].
+    pub fn next(
+        prev: &Snapshot,
+        manifest: Manifest,
+        etag: Option<String>,
+        opened: Vec<Arc<Segment>>,
+    ) -> Result<Self, IndexError> {
+        let n_prev = prev.manifest.segments.len();
+        let appended_only = n_prev > 0
+            && prev.segments.len() == n_prev
+            && prev.manifest.model == manifest.model
+            && manifest.segments.len() >= n_prev
+            && opened.len() == manifest.segments.len()
+            && prev
+                .manifest
+                .segments
+                .iter()
+                .zip(&manifest.segments)
+                .all(|(a, b)| a.name == b.name && a.sequence == b.sequence)
+            && prev
+                .manifest
+                .deleted
+                .iter()
+                .all(|(k, seq)| manifest.deleted.get(k) == Some(seq));
+        if !appended_only {
+            return Self::new(manifest, etag, opened);
+        }
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut segments = Vec::with_capacity(opened.len());
+        for (entry, seg) in manifest.segments[n_prev..]
+            .iter()
+            .zip(opened.into_iter().skip(n_prev))
+            .rev()
+        {
+            segments.push(live_segment(&manifest, entry, seg, &mut seen)?);
+        }
+        let new_deletions: Vec<&String> = manifest
+            .deleted
+            .keys()
+            .filter(|k| !prev.manifest.deleted.contains_key(*k))
+            .collect();
+        for old in &prev.segments {
+            let mut live = old.live.clone();
+            let mut categories = old.categories.clone();
+            let hidden = seen.iter().chain(
+                new_deletions
+                    .iter()
+                    .copied()
+                    .filter(|k| manifest.is_deleted(k, old.entry.sequence)),
+            );
+            for key in hidden {
+                if let Some(id) = old.seg.id_of(key)? {
+                    live.remove(id);
+                    categories.values_mut().for_each(|b| {
+                        b.remove(id);
+                    });
+                }
+            }
+            categories.retain(|_, b| !b.is_empty());
+            segments.push(LiveSegment {
+                entry: old.entry.clone(),
+                seg: old.seg.clone(),
+                live,
+                categories,
+            });
+        }
+        let live_items = segments.iter().map(|s| s.live.len()).sum();
+        Ok(Snapshot {
+            manifest,
+            etag,
+            segments,
+            live_items,
+            search_k_factor: prev.search_k_factor,
         })
     }
 
