@@ -496,8 +496,10 @@ async fn corrupt_or_truncated_downloads_are_fetched_again_never_opened() {
     }
 }
 
-/// What a snapshot shows: per key (record etag, category) and the category counts.
-fn view(index: &Index) -> (Vec<(String, String)>, Vec<(String, u64)>, u64) {
+/// What a snapshot shows: (key, etag) of the live items, the category counts, the live count.
+type View = (Vec<(String, String)>, Vec<(String, u64)>, u64);
+
+fn view(index: &Index) -> View {
     let snap = index.snapshot();
     let mut items: Vec<(String, String)> = snap
         .live_items_with_vectors()
