@@ -23,8 +23,20 @@ use serde::{Deserialize, Serialize};
 
 pub const SEGMENT_FORMAT: &str = "1";
 const ARROY_INDEX: u16 = 0;
-/// Virtual address space reserved while building (nothing is allocated up front).
-const BUILD_MAP_SIZE: usize = 64 << 30;
+/// Largest address space reserved while building a segment (nothing is allocated up front).
+const BUILD_MAP_SIZE_MAX: usize = 64 << 30;
+
+/// Address space to reserve for building a segment of `n` items of `dims` dimensions: a generous
+/// bound on what the vectors, the trees and the records need (about 8.5 KB per 1280-d item when
+/// done). Reserving no more than needed matters where address space is limited (emulators,
+/// `ulimit -v`); a build that still runs out retries with more ([`write_segment`]).
+fn build_map_size(n: usize, dims: usize) -> usize {
+    let bytes = n.saturating_mul(dims * 4 * 4 + (16 << 10)) + (256 << 20);
+    bytes
+        .div_ceil(1 << 20)
+        .saturating_mul(1 << 20)
+        .min(BUILD_MAP_SIZE_MAX)
+}
 
 /// What the index knows about one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +113,28 @@ pub fn write_segment(
     items: &[(ItemRecord, Vec<f32>)],
     params: BuildParams,
 ) -> Result<(), SegmentError> {
+    let mut map_size = build_map_size(items.len(), dims);
+    loop {
+        match write_segment_with(out, work_dir, model_id, dims, items, params, map_size) {
+            Err(SegmentError::Lmdb(_, heed::Error::Mdb(heed::MdbError::MapFull)))
+                if map_size < BUILD_MAP_SIZE_MAX =>
+            {
+                map_size = (map_size * 4).min(BUILD_MAP_SIZE_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn write_segment_with(
+    out: &Path,
+    work_dir: &Path,
+    model_id: &str,
+    dims: usize,
+    items: &[(ItemRecord, Vec<f32>)],
+    params: BuildParams,
+    map_size: usize,
+) -> Result<(), SegmentError> {
     let shown = out.display().to_string();
     let lmdb = |e| SegmentError::Lmdb(shown.clone(), e);
     let arroy_err = |e| SegmentError::Arroy(shown.clone(), e);
@@ -112,7 +146,7 @@ pub fn write_segment(
     let env = unsafe {
         EnvOpenOptions::new()
             .read_txn_without_tls()
-            .map_size(BUILD_MAP_SIZE)
+            .map_size(map_size)
             .max_dbs(8)
             .flags(EnvFlags::NO_SUB_DIR)
             .open(&build_path)
