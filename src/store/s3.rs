@@ -19,7 +19,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use futures::StreamExt;
 
 use super::{validate_key, GetResult, Object, ObjectMeta, ObjectStore, StoreError, StoreResult};
 
@@ -34,7 +34,15 @@ pub struct S3Store {
     bucket: String,
     /// Without leading/trailing slashes; empty for the bucket root.
     prefix: String,
+    /// `download_to` fetches objects larger than this in parts of this size, several at a time.
+    part_size: u64,
 }
+
+/// Default part size of ranged downloads: one stream from S3 tops out well below what a Lambda
+/// (or any host) can take, and segments are often hundreds of MB.
+pub const DOWNLOAD_PART_SIZE: u64 = 16 << 20;
+/// Parts fetched at once.
+const DOWNLOAD_CONCURRENCY: usize = 8;
 
 impl S3Store {
     /// A store over an existing client.
@@ -47,7 +55,14 @@ impl S3Store {
             client,
             bucket: bucket.into(),
             prefix: prefix.as_ref().trim_matches('/').to_string(),
+            part_size: DOWNLOAD_PART_SIZE,
         }
+    }
+
+    /// The same store with another download part size (at least 1 byte).
+    pub fn with_part_size(mut self, bytes: u64) -> Self {
+        self.part_size = bytes.max(1);
+        self
     }
 
     /// A store whose client comes from the standard AWS configuration chain (environment, profile,
@@ -304,44 +319,124 @@ impl ObjectStore for S3Store {
         }
     }
 
+    /// The first part comes with the object's size; the other parts are ranged GETs (at most
+    /// [`DOWNLOAD_CONCURRENCY`] at a time, each pinned to the first part's ETag) written at their
+    /// offsets. A failed download leaves no file behind.
     async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta> {
         validate_key(key)?;
-        let out = self
+        let part = self.part_size;
+        let first = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.s3_key(key))
+            .range(format!("bytes=0-{}", part - 1))
             .send()
-            .await
-            .map_err(|e| map_err("get", key, e))?;
+            .await;
+        let first = match first {
+            Ok(out) => out,
+            // An empty object has no byte 0: 416 InvalidRange. Fetch it whole.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.s3_key(key))
+                .send()
+                .await
+                .map_err(|e| map_err("get", key, e))?,
+            Err(e) => return Err(map_err("get", key, e)),
+        };
+        // "bytes 0-N/TOTAL"; without it (a whole object) the length is the size.
+        let total = first
+            .content_range()
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or_else(|| first.content_length().unwrap_or(0).max(0) as u64);
+        let etag = first.e_tag().map(unquote_etag).unwrap_or_default();
         let meta = ObjectMeta {
             key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: out.e_tag().map(unquote_etag).unwrap_or_default(),
-            metadata: to_btree(out.metadata()),
+            size: total,
+            etag: etag.clone(),
+            metadata: to_btree(first.metadata()),
+        };
+        let fail = |e: String| {
+            let _ = std::fs::remove_file(dest);
+            StoreError::Backend(format!("download {key} to {}: {e}", dest.display()))
         };
         let io = |e: std::io::Error| StoreError::Io(dest.display().to_string(), e);
-        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
-        let mut body = out.body.into_async_read();
-        let copied = async {
-            let n = tokio::io::copy_buf(&mut body, &mut file).await?;
-            file.flush().await?;
-            Ok::<u64, std::io::Error>(n)
+        let file = std::fs::File::create(dest).map_err(io)?;
+        file.set_len(total).map_err(io)?;
+        let file = std::sync::Arc::new(file);
+        let head = first
+            .body
+            .collect()
+            .await
+            .map_err(|e| fail(DisplayErrorContext(&e).to_string()))?
+            .into_bytes();
+        write_at(&file, 0, head.clone())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut written = head.len() as u64;
+        let ranges: Vec<(u64, u64)> = (written..total)
+            .step_by(part as usize)
+            .map(|start| (start, (start + part).min(total) - 1))
+            .collect();
+        let parts = futures::stream::iter(ranges)
+            .map(|(start, end)| {
+                let (file, etag) = (file.clone(), etag.clone());
+                async move {
+                    let mut req = self
+                        .client
+                        .get_object()
+                        .bucket(&self.bucket)
+                        .key(self.s3_key(key))
+                        .range(format!("bytes={start}-{end}"));
+                    if !etag.is_empty() {
+                        req = req.if_match(quote_etag(&etag));
+                    }
+                    let out = req
+                        .send()
+                        .await
+                        .map_err(|e| map_err("get", key, e).to_string())?;
+                    let bytes = out
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| DisplayErrorContext(&e).to_string())?
+                        .into_bytes();
+                    if bytes.len() as u64 != end - start + 1 {
+                        return Err(format!("part {start}-{end}: got {} bytes", bytes.len()));
+                    }
+                    let n = bytes.len() as u64;
+                    write_at(&file, start, bytes)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<u64, String>(n)
+                }
+            })
+            .buffer_unordered(DOWNLOAD_CONCURRENCY);
+        futures::pin_mut!(parts);
+        while let Some(n) = parts.next().await {
+            written += n.map_err(&fail)?;
         }
-        .await;
-        match copied {
-            Ok(n) => Ok(ObjectMeta { size: n, ..meta }),
-            Err(e) => {
-                drop(file);
-                let _ = tokio::fs::remove_file(dest).await;
-                Err(StoreError::Backend(format!(
-                    "download {key} to {}: {}",
-                    dest.display(),
-                    DisplayErrorContext(&e)
-                )))
-            }
+        if written != total {
+            return Err(fail(format!("got {written} of {total} bytes")));
         }
+        Ok(meta)
     }
+}
+
+/// Write `bytes` at `offset` of `file`, off the async runtime.
+async fn write_at(
+    file: &std::sync::Arc<std::fs::File>,
+    offset: u64,
+    bytes: Bytes,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 fn quote_etag(etag: &str) -> String {
