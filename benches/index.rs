@@ -83,7 +83,7 @@ async fn main() {
     md += &format!(
         "\n`lookalike index ../shared/datasets/clothing-small` (release, {} cores, model load included): \
          {secs:.1} s for {} images = **{rate:.1} images/s**, peak RSS **{:.0} MiB**.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        support::cores(),
         n_images,
         peak_kib / 1024.0
     );

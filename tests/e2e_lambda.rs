@@ -52,11 +52,7 @@ fn binary(name: &str) -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::moto::free_port().unwrap()
 }
 
 /// A child process killed (with its process group) when dropped.

@@ -752,33 +752,13 @@ async fn s3_presigned_get_works() {
         url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=300"),
         "{url}"
     );
-    let (status, body) = http_get(moto.port(), &url[moto.endpoint().len()..]);
+    let (status, body) = common::moto::http_get(moto.port(), &url[moto.endpoint().len()..]);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"image bytes");
     assert!(matches!(
         store.presign_get("../x", Duration::from_secs(60)).await,
         Err(StoreError::InvalidKey(..))
     ));
-}
-
-/// Minimal HTTP/1.0 GET against 127.0.0.1:port.
-fn http_get(port: u16, path_and_query: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP header end");
-    let head = String::from_utf8_lossy(&resp[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, resp[split + 4..].to_vec())
 }
 
 const CHILD_S3_ENV: &str = "LOOKALIKE_TEST_S3_CHILD_LOCATION";

@@ -26,6 +26,13 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cores of this machine (printed with the figures).
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// `DATASET` and `MODEL` under the repository root, or `None` (after a SKIPPED line).
 pub fn dataset_and_model() -> Option<(PathBuf, PathBuf)> {
     let (data, model) = (repo_root().join(DATASET), repo_root().join(MODEL));

@@ -165,13 +165,13 @@ impl QueryService {
     /// snapshot keeps serving (it is complete and consistent) and the failure is logged; with
     /// no snapshot at all the answer is 503.
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
-        let model = self.encoder.model_ref();
         let mut opened_now = false;
         let index = self
             .index
             .get_or_try_init(|| async {
                 opened_now = true;
-                let index = Index::open(self.store.clone(), &self.cache_dir, Some(model)).await?;
+                let model = Some(self.encoder.model_ref());
+                let index = Index::open(self.store.clone(), &self.cache_dir, model).await?;
                 Ok::<_, crate::index::IndexError>(Arc::new(index))
             })
             .await

@@ -110,14 +110,12 @@ impl Snapshot {
         for (entry, seg) in manifest.segments.iter().zip(opened).rev() {
             segments.push(live_segment(&manifest, entry, seg, &mut seen)?);
         }
-        let live_items = segments.iter().map(|s| s.live.len()).sum();
-        Ok(Snapshot {
+        Ok(Self::assemble(
             manifest,
             etag,
             segments,
-            live_items,
-            search_k_factor: DEFAULT_SEARCH_K_FACTOR,
-        })
+            DEFAULT_SEARCH_K_FACTOR,
+        ))
     }
 
     /// The snapshot of `manifest`, reusing the work of `prev` when `manifest` only appended
@@ -190,14 +188,28 @@ impl Snapshot {
                 categories,
             });
         }
+        Ok(Self::assemble(
+            manifest,
+            etag,
+            segments,
+            prev.search_k_factor,
+        ))
+    }
+
+    fn assemble(
+        manifest: Manifest,
+        etag: Option<String>,
+        segments: Vec<LiveSegment>,
+        search_k_factor: usize,
+    ) -> Self {
         let live_items = segments.iter().map(|s| s.live.len()).sum();
-        Ok(Snapshot {
+        Snapshot {
             manifest,
             etag,
             segments,
             live_items,
-            search_k_factor: prev.search_k_factor,
-        })
+            search_k_factor,
+        }
     }
 
     pub fn version(&self) -> u64 {

@@ -309,11 +309,7 @@ fn serialized_command(exe: &Path) -> Command {
 /// A client for a loopback port that nothing listens on (retries disabled): every request fails
 /// at once with a connection error, as when S3 cannot be reached.
 pub fn unreachable_client() -> aws_sdk_s3::Client {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().unwrap();
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -331,8 +327,29 @@ pub fn unique_bucket(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id()).to_ascii_lowercase()
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port that nothing listens on (at the time of asking).
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// Minimal HTTP/1.0 GET against 127.0.0.1:port: (status, body).
+pub fn http_get(port: u16, path_and_query: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header end");
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, resp[split + 4..].to_vec())
 }
 
 /// Is there an HTTP server (rather than some other listener) on `addr`?

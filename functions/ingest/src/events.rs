@@ -4,6 +4,7 @@
 
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// What happened to an object.
@@ -120,8 +121,7 @@ fn shorten(s: &str) -> String {
 }
 
 fn parse_s3(event: &Value, message_id: Option<&str>) -> Result<Vec<Notice>, EventError> {
-    let parsed: S3Event = serde_json::from_value(event.clone())
-        .map_err(|e| EventError::MalformedS3(e.to_string()))?;
+    let parsed = S3Event::deserialize(event).map_err(|e| EventError::MalformedS3(e.to_string()))?;
     let mut notices = Vec::with_capacity(parsed.records.len());
     for record in parsed.records {
         let name = record.event_name.as_deref().unwrap_or("");
@@ -162,8 +162,8 @@ fn parse_s3(event: &Value, message_id: Option<&str>) -> Result<Vec<Notice>, Even
 }
 
 fn parse_sqs(event: &Value) -> Result<Batch, EventError> {
-    let parsed: SqsEvent = serde_json::from_value(event.clone())
-        .map_err(|e| EventError::MalformedSqs(e.to_string()))?;
+    let parsed =
+        SqsEvent::deserialize(event).map_err(|e| EventError::MalformedSqs(e.to_string()))?;
     let mut batch = Batch::empty(Delivery::Sqs);
     for message in parsed.records {
         let Some(id) = message.message_id else {

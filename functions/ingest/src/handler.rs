@@ -1,7 +1,7 @@
 //! One invocation: notices grouped by bucket, each group one core ingest (one segment, one
 //! manifest commit), and the answer the trigger needs to retry exactly what did not commit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +31,9 @@ pub struct IngestFunction {
     /// Opened on first use, so that a store outage fails invocations (which are retried), not
     /// the container's init.
     index: OnceCell<Arc<Index>>,
+    /// The index's bucket and key prefix (`"prefix/"`, or `""` for the whole bucket) when it is
+    /// in S3: events for keys under it are the function's own writes.
+    own_prefix: Option<(String, String)>,
 }
 
 /// Milliseconds per stage, summed over the invocation's commits.
@@ -101,7 +104,17 @@ impl IngestFunction {
         s3: aws_sdk_s3::Client,
         limits: Limits,
     ) -> Self {
+        let own_prefix = index_store.location().strip_prefix("s3://").map(|rest| {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            (bucket.to_string(), prefix)
+        });
         IngestFunction {
+            own_prefix,
             index_store,
             cache_dir: cache_dir.into(),
             encoder,
@@ -114,11 +127,10 @@ impl IngestFunction {
 
     /// The index, opened (and its segments synced) on first use.
     pub async fn index(&self) -> Result<&Arc<Index>, IndexError> {
-        let model = self.encoder.model_ref();
         self.index
             .get_or_try_init(|| async {
-                let index =
-                    Index::open(self.index_store.clone(), &self.cache_dir, Some(model)).await?;
+                let model = Some(self.encoder.model_ref());
+                let index = Index::open(self.index_store.clone(), &self.cache_dir, model).await?;
                 Ok(Arc::new(index))
             })
             .await
@@ -127,12 +139,9 @@ impl IngestFunction {
     /// Whether `bucket`/`key` is one of the index's own objects (an event for it means the
     /// notification is configured too broadly; following it would loop).
     fn is_own_object(&self, bucket: &str, key: &str) -> bool {
-        let location = self.index_store.location();
-        let Some(rest) = location.strip_prefix("s3://") else {
-            return false;
-        };
-        let (ib, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        ib == bucket && (prefix.is_empty() || key.starts_with(&format!("{prefix}/")))
+        self.own_prefix
+            .as_ref()
+            .is_some_and(|(b, prefix)| b == bucket && key.starts_with(prefix.as_str()))
     }
 
     /// Handle one invocation's payload.
@@ -268,25 +277,16 @@ impl IngestFunction {
 }
 
 fn add_report(summary: &mut Summary, report: &IngestReport) {
-    let mut per: HashMap<&'static str, usize> = HashMap::new();
     for item in &report.items {
-        let name = match item.outcome {
-            Outcome::Indexed => "indexed",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Rejected { .. } => "rejected",
-            Outcome::Deleted => "deleted",
-            Outcome::Skipped { .. } => "skipped",
-            Outcome::Failed { .. } => "failed",
-        };
-        *per.entry(name).or_default() += 1;
+        *match item.outcome {
+            Outcome::Indexed => &mut summary.indexed,
+            Outcome::Duplicate => &mut summary.duplicates,
+            Outcome::Rejected { .. } => &mut summary.rejected,
+            Outcome::Deleted => &mut summary.deleted,
+            Outcome::Skipped { .. } => &mut summary.skipped,
+            Outcome::Failed { .. } => &mut summary.failed,
+        } += 1;
     }
-    let n = |k| per.get(k).copied().unwrap_or(0);
-    summary.indexed += n("indexed");
-    summary.duplicates += n("duplicate");
-    summary.rejected += n("rejected");
-    summary.deleted += n("deleted");
-    summary.skipped += n("skipped");
-    summary.failed += n("failed");
     summary.versions.extend(report.version);
     let t = &report.times;
     summary.times_ms.fetch += t.fetch.as_secs_f64() * 1e3;

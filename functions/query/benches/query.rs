@@ -90,9 +90,7 @@ async fn main() {
     let Some(server) = moto::MotoServer::start_or_skip() else {
         return;
     };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = support::cores();
     let encoder = Arc::new(Encoder::load(&model_dir).unwrap());
     let model = encoder.model_ref();
     let limits = Limits::default();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,25 +198,6 @@ fn assert_error(reply: &Reply, status: i64, code: &str) {
     );
 }
 
-/// GET a URL on the loopback moto server (to check presigned URLs).
-fn http_get(url: &str) -> (u16, Vec<u8>) {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').unwrap();
-    assert!(host.starts_with("127.0.0.1:"), "not loopback: {url}");
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        stream,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, raw[split + 4..].to_vec())
-}
-
 #[test]
 fn every_endpoint_answers_from_the_events_files() {
     common::block_on(async {
@@ -243,7 +223,11 @@ fn every_endpoint_answers_from_the_events_files() {
         let url = top["url"].as_str().unwrap();
         assert!(url.contains("X-Amz-Signature"), "{url}");
         assert!(url.contains("X-Amz-Expires=900"), "{url}");
-        let (status, bytes) = http_get(url);
+        let path = url
+            .strip_prefix("http://127.0.0.1:")
+            .expect("a loopback URL");
+        let (port, path) = path.split_once('/').unwrap();
+        let (status, bytes) = common::moto::http_get(port.parse().unwrap(), &format!("/{path}"));
         assert_eq!(status, 200);
         assert_eq!(bytes, fixture("chelsea.jpg"));
 
