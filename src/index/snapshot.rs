@@ -346,6 +346,18 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// Every live record without its vector, newest segment first (reindexing reads the images
+    /// again, so the old vectors are not needed).
+    pub fn live_records(&self) -> Result<Vec<ItemRecord>, IndexError> {
+        let mut out = Vec::with_capacity(self.live_items as usize);
+        for s in &self.segments {
+            for id in &s.live {
+                out.extend(s.seg.record(id)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Live (record, vector) pairs of the named segments only (compaction inputs).
     pub fn live_items_of(
         &self,

@@ -77,27 +77,59 @@ where
         if !change(&mut manifest)? {
             return Ok((manifest, false, attempt));
         }
-        let body = Bytes::from(manifest.to_bytes());
-        let written = match &etag {
-            Some(etag) => store.put_if_match(MANIFEST_KEY, body, etag).await,
-            None => store.put_if_absent(MANIFEST_KEY, body).await,
-        };
-        match written {
-            Ok(_) => return Ok((manifest, true, attempt)),
-            Err(StoreError::PreconditionFailed(_)) => {
-                let cap = 5u64 << attempt.min(6);
-                let wait = rand::rng().random_range(1..=cap);
-                tracing::debug!(
-                    attempt,
-                    wait_ms = wait,
-                    "manifest changed under us; retrying"
-                );
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            Err(e) => return Err(e.into()),
+        if put_manifest(store, &manifest, etag.as_deref()).await? {
+            return Ok((manifest, true, attempt));
         }
+        backoff(attempt).await;
     }
     Err(IndexError::Contention(MAX_COMMIT_ATTEMPTS))
+}
+
+/// Replace the manifest whose ETag is `etag` with `manifest`, in one compare-and-swap, whatever
+/// model either of them names: the commit of a reindex (see [`crate::reindex`]), which
+/// [`update_manifest`] refuses because it changes the model. `manifest` is validated as a
+/// reader would before it is written. Returns `Ok(false)`, writing nothing, when the stored
+/// manifest is no longer the one with `etag` (or is gone): the caller re-reads, redoes its
+/// work for what changed, waits ([`backoff`]) and tries again.
+pub async fn swap_manifest(
+    store: &dyn ObjectStore,
+    etag: &str,
+    manifest: &Manifest,
+) -> Result<bool, IndexError> {
+    Manifest::from_bytes(&manifest.to_bytes())?;
+    put_manifest(store, manifest, Some(etag)).await
+}
+
+/// Write `manifest` if the stored one still has ETag `etag` (`None`: if there is none yet).
+/// `Ok(false)` when another writer got there first.
+async fn put_manifest(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    etag: Option<&str>,
+) -> Result<bool, IndexError> {
+    let body = Bytes::from(manifest.to_bytes());
+    let written = match etag {
+        Some(etag) => store.put_if_match(MANIFEST_KEY, body, etag).await,
+        None => store.put_if_absent(MANIFEST_KEY, body).await,
+    };
+    match written {
+        Ok(_) => Ok(true),
+        Err(StoreError::PreconditionFailed(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wait after losing compare-and-swap attempt `attempt` (1-based): a random delay whose bound
+/// doubles with every attempt (10 ms, then up to 320 ms), so that racing writers spread out.
+pub async fn backoff(attempt: usize) {
+    let cap = 5u64 << attempt.min(6);
+    let wait = rand::rng().random_range(1..=cap);
+    tracing::debug!(
+        attempt,
+        wait_ms = wait,
+        "manifest changed under us; retrying"
+    );
+    tokio::time::sleep(Duration::from_millis(wait)).await;
 }
 
 /// A segment built and uploaded but not yet known to be committed. It lives in a private work
