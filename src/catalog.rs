@@ -6,6 +6,15 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+/// File name endings that are indexed (and trained on); other files are counted and ignored.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp"];
+
+/// Whether a key names an image by its extension (case-insensitive).
+pub fn is_image_name(key: &str) -> bool {
+    key.rsplit_once('.')
+        .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+}
+
 /// The category of a key is the name of the folder it is in: `catalog/shoes/1.jpg` → `shoes`.
 /// A key at the root has no category (empty string).
 pub fn category_of(key: &str) -> &str {

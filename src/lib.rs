@@ -5,8 +5,10 @@
 //! - [`store`]: the object store (local directory or S3) that images and the index live in.
 //! - [`index`]: the index snapshot: manifest, immutable LMDB/arroy segments, sync and search.
 //! - [`ingest`] and [`query`]: the operations, as plain functions over the above.
+//! - [`reindex`]: rebuilding an index with another model, swapped in atomically.
 //! - [`api`]: the HTTP search API over [`query`], as the query Lambda serves it.
 //! - [`config`]: settings from the environment.
+//! - [`train`]: fine-tuning a feature layer on category folders (`lookalike train`).
 
 pub mod api;
 pub mod catalog;
@@ -16,5 +18,7 @@ pub mod ingest;
 pub mod model;
 pub mod preprocess;
 pub mod query;
+pub mod reindex;
 pub mod samples;
 pub mod store;
+pub mod train;

@@ -31,6 +31,7 @@ fn card(layout: Layout, resize: ResizeRule) -> ModelCard {
         source: String::new(),
         license: String::new(),
         lineage: Vec::new(),
+        labels: Vec::new(),
     }
 }
 

@@ -101,7 +101,10 @@ fn first_image(dir: &Path) -> anyhow::Result<PathBuf> {
         .sort_by_file_name()
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && indexing::is_image_name(&e.path().to_string_lossy()))
+        .filter(|e| {
+            e.file_type().is_file()
+                && lookalike::catalog::is_image_name(&e.path().to_string_lossy())
+        })
         .map(|e| e.into_path())
         .collect();
     images.sort();

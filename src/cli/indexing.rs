@@ -7,16 +7,13 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lookalike::catalog::MetadataTable;
+use lookalike::catalog::{is_image_name, MetadataTable, IMAGE_EXTENSIONS};
 use lookalike::index::segment::BuildParams;
 use lookalike::ingest::{Ingester, Outcome};
 use lookalike::preprocess::Limits;
 use lookalike::store;
 
 use super::{IndexLocation, ModelLocation};
-
-/// File name endings that are indexed; other files are counted and ignored.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp"];
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
@@ -38,11 +35,6 @@ pub struct IndexArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-pub fn is_image_name(key: &str) -> bool {
-    key.rsplit_once('.')
-        .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
 }
 
 pub async fn run(args: IndexArgs) -> anyhow::Result<()> {

@@ -5,7 +5,9 @@ mod indexing;
 mod maintenance;
 mod model;
 mod output;
+mod reindex;
 mod search;
+mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +52,10 @@ pub enum Command {
     Compact(maintenance::CompactArgs),
     /// Delete segment files that no manifest lists (left by interrupted writers or compactions).
     Gc(maintenance::GcArgs),
+    /// Fine-tune the encoder on images sorted into category folders; writes a new model folder.
+    Train(train::TrainArgs),
+    /// Rebuild the index with another model (re-encodes every indexed image, then swaps atomically).
+    Reindex(reindex::ReindexArgs),
     /// The embedded default end to end: import the model, index sample photos, run a query.
     Demo(demo::DemoArgs),
 }
@@ -95,6 +101,12 @@ pub struct ModelLocation {
 
 impl ModelLocation {
     pub fn load(&self) -> anyhow::Result<Encoder> {
+        self.load_card()?;
+        Ok(Encoder::load(&self.model)?)
+    }
+
+    /// Check that the folder holds a model (without loading it); returns its card.
+    pub fn load_card(&self) -> anyhow::Result<lookalike::model::ModelCard> {
         if !self.model.join(lookalike::model::ONNX_FILE).exists() {
             anyhow::bail!(
                 "no model in {} (expected {} and {}); create it with `lookalike model import efficientnet-lite0 --out {}`",
@@ -104,7 +116,7 @@ impl ModelLocation {
                 self.model.display()
             );
         }
-        Ok(Encoder::load(&self.model)?)
+        Ok(lookalike::model::ModelCard::load(&self.model)?)
     }
 }
 
@@ -131,6 +143,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => maintenance::delete(args).await,
         Command::Compact(args) => maintenance::compact(args).await,
         Command::Gc(args) => maintenance::gc(args).await,
+        Command::Train(args) => train::run(args).await,
+        Command::Reindex(args) => reindex::run(args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

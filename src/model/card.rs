@@ -40,6 +40,9 @@ pub struct ModelCard {
     /// Ids of the models this one was derived from (fine-tuning), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<String>,
+    /// Names of the classes of the logits output, in order (a fine-tuned model's categories).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 fn yes() -> bool {

@@ -171,6 +171,7 @@ fn convert_bytes(v: &Variant, bytes: &[u8], file: &str, out_dir: &Path) -> Resul
         source,
         license: "Apache-2.0".into(),
         lineage: Vec::new(),
+        labels: Vec::new(),
     };
     card.validate()
         .map_err(|e| anyhow!("generated model card is invalid: {e}"))?;
@@ -192,7 +193,7 @@ fn convert_bytes(v: &Variant, bytes: &[u8], file: &str, out_dir: &Path) -> Resul
 }
 
 /// Writes `path` through a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -3,6 +3,7 @@
 
 pub mod card;
 pub mod encoder;
+pub mod fine_tuned;
 pub mod import;
 pub mod onnx_export;
 pub mod torch;

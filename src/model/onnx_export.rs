@@ -339,14 +339,7 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn init(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
-        let raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.inits.push(TensorProto {
-            name: name.to_string(),
-            dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data,
-            ..Default::default()
-        });
+        self.inits.push(float_tensor(name, &shape, &data));
     }
 
     fn scalar(&mut self, name: &str, v: f32) {
@@ -450,7 +443,18 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn attr_int(name: &str, i: i64) -> AttributeProto {
+/// A float initializer.
+pub(crate) fn float_tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.to_string(),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Float as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn attr_int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
@@ -469,7 +473,7 @@ fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
 }
 
 /// A float tensor value info; `None` dimensions are the symbolic batch size `N`.
-fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+pub(crate) fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| Dimension {
