@@ -690,8 +690,7 @@ async fn open_source(
     location: &str,
     items: usize,
 ) -> Result<DynStore, ReindexError> {
-    if let Some(rest) = location.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if let Some((bucket, prefix)) = store::parse_s3_location(location) {
         if let (Some(client), false) = (index_store.s3_client(), bucket.is_empty()) {
             return Ok(Arc::new(S3Store::new(client, bucket, prefix)));
         }

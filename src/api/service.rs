@@ -297,8 +297,7 @@ impl QueryService {
     /// when signing fails (logged: a result without a URL beats no result).
     async fn presign(&self, source: &str, key: &str) -> Option<String> {
         let client = self.s3.as_ref()?;
-        let rest = source.strip_prefix("s3://")?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let (bucket, prefix) = crate::store::parse_s3_location(source)?;
         let store = S3Store::new(client.clone(), bucket, prefix);
         match store.presign_get(key, self.config.presign_ttl).await {
             Ok(url) => Some(url),

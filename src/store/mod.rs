@@ -93,14 +93,20 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
 pub type DynStore = Arc<dyn ObjectStore>;
 
+/// `(bucket, prefix)` of an `s3://bucket/prefix` location (the prefix without surrounding
+/// slashes); `None` when `location` is not an S3 location.
+pub fn parse_s3_location(location: &str) -> Option<(&str, &str)> {
+    let rest = location.strip_prefix("s3://")?;
+    Some(match rest.split_once('/') {
+        Some((b, p)) => (b, p.trim_matches('/')),
+        None => (rest, ""),
+    })
+}
+
 /// Open a store from `s3://bucket/prefix` or a local directory path (created if missing;
 /// a `file://` prefix is accepted and stripped).
 pub async fn open(location: &str) -> StoreResult<DynStore> {
-    if let Some(rest) = location.strip_prefix("s3://") {
-        let (bucket, prefix) = match rest.split_once('/') {
-            Some((b, p)) => (b, p.trim_matches('/')),
-            None => (rest, ""),
-        };
+    if let Some((bucket, prefix)) = parse_s3_location(location) {
         if bucket.is_empty() {
             return Err(StoreError::InvalidLocation(
                 location.into(),
