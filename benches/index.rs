@@ -18,8 +18,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rayon::prelude::*;
 use support::{
-    build_index, dataset_images, dot, percentile, record, synth_between, update_section, DATASET,
-    MODEL,
+    build_index, dataset_images, dot, percentile, publish, record, synth_between, DATASET, MODEL,
 };
 
 /// Exact top-k by cosine (vectors are unit norm), excluding `skip`.
@@ -197,16 +196,5 @@ async fn main() {
     }
     report.insert("scale".into(), scale.into());
 
-    std::fs::create_dir_all("target/bench").unwrap();
-    std::fs::write(
-        "target/bench/index.json",
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
-    update_section(
-        "index",
-        "Index",
-        &format!("Command: `cargo bench --bench index`\n\n{md}"),
-    );
-    println!("wrote target/bench/index.json and the index section of BENCHMARKS.md");
+    publish("index", "Index", "cargo bench --bench index", &report, &md);
 }

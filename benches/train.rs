@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use lookalike::store::{DynStore, LocalStore};
 use lookalike::train::{self, TrainOptions, TrainReport};
-use support::update_section;
+use support::publish;
 
 async fn run(
     data: &std::path::Path,
@@ -67,7 +67,7 @@ async fn main() {
 
     let b = cold.before;
     let body = format!(
-        "`cargo bench --bench train` on {cores} cores: {train} training + {val} validation images \
+        "On {cores} cores: {train} training + {val} validation images \
          (half of each category of clothing-small), evaluated on the {test} held-out images.\n\n\
          | model | views | accuracy | P@1 | P@5 | P@10 | best epoch | training | total |\n\
          |---|---|---|---|---|---|---|---|---|\n\
@@ -97,16 +97,11 @@ async fn main() {
         base = cold.base_model,
     );
     println!("{body}");
-    std::fs::create_dir_all("target/bench").unwrap();
-    std::fs::write(
-        "target/bench/train.json",
-        serde_json::to_string_pretty(&serde_json::json!({
-            "cold": cold, "views_1": one, "views_8": eight,
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    if std::env::var_os("LOOKALIKE_BENCH_NO_MD").is_none() {
-        update_section("train", "Fine-tuning (`lookalike train`)", &body);
-    }
+    publish(
+        "train",
+        "Fine-tuning (`lookalike train`)",
+        "cargo bench --bench train",
+        &serde_json::json!({ "cold": cold, "views_1": one, "views_8": eight }),
+        &body,
+    );
 }

@@ -3,38 +3,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn lookalike(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("LOOKALIKE_INDEX")
-        .env_remove("LOOKALIKE_CACHE")
-        .env("LOOKALIKE_MODEL", common::model_dir())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn err(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::cli::{failed, lookalike, ok};
 
 #[test]
 fn index_query_stats_delete_compact() {
@@ -129,9 +98,9 @@ fn index_query_stats_delete_compact() {
 #[test]
 fn clear_errors() {
     let dir = common::tempdir();
-    let e = err(lookalike(dir.path(), &["index", "no-such-folder"]));
+    let e = failed(lookalike(dir.path(), &["index", "no-such-folder"]));
     assert!(e.contains("no-such-folder is not a folder"), "{e}");
-    let e = err(lookalike(
+    let e = failed(lookalike(
         dir.path(),
         &["query", "x.jpg", "--model", "nowhere"],
     ));
@@ -140,7 +109,7 @@ fn clear_errors() {
         "{e}"
     );
     std::fs::write(dir.path().join("q.jpg"), b"junk").unwrap();
-    let e = err(lookalike(
+    let e = failed(lookalike(
         dir.path(),
         &["query", "q.jpg", "--model", "nowhere"],
     ));
@@ -148,12 +117,12 @@ fn clear_errors() {
         e.contains("no model in nowhere") && e.contains("lookalike model import"),
         "{e}"
     );
-    let e = err(lookalike(dir.path(), &["query", "q.jpg", "-k", "0"]));
+    let e = failed(lookalike(dir.path(), &["query", "q.jpg", "-k", "0"]));
     assert!(e.contains("k must be between 1 and 100"), "{e}");
-    let e = err(lookalike(dir.path(), &["query", "--key", "nope.jpg"]));
+    let e = failed(lookalike(dir.path(), &["query", "--key", "nope.jpg"]));
     assert!(e.contains("nope.jpg"), "{e}");
     if common::encoder().is_some() {
-        let e = err(lookalike(dir.path(), &["query", "q.jpg"]));
+        let e = failed(lookalike(dir.path(), &["query", "q.jpg"]));
         assert!(e.contains("cannot use the query image"), "{e}");
     }
 }

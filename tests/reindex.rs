@@ -9,12 +9,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::cli::{failed, lookalike, ok};
 use common::synthetic_jpeg;
 use lookalike::catalog::MetadataTable;
 use lookalike::index::manifest::{Manifest, MANIFEST_KEY, SEGMENTS_PREFIX};
@@ -738,36 +738,6 @@ async fn reindex_onto_the_same_model_is_a_no_op() {
         .map(|r| r.version)
         .unwrap_err();
     assert!(matches!(err, ReindexError::EmptyIndex(_)), "{err}");
-}
-
-fn lookalike(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("LOOKALIKE_INDEX")
-        .env_remove("LOOKALIKE_CACHE")
-        .env("LOOKALIKE_MODEL", common::model_dir())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn failed(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 
+use common::cli::lookalike;
 use lookalike::index::{Index, IndexError};
 use lookalike::ingest::Ingester;
 use lookalike::model::encoder::Encoder;
@@ -414,15 +415,6 @@ async fn a_fine_tuned_model_needs_a_reindex() {
         "{:?}",
         hits.iter().map(|h| &h.record.key).collect::<Vec<_>>()
     );
-}
-
-fn lookalike(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .args(args)
-        .current_dir(dir)
-        .env("LOOKALIKE_MODEL", common::model_dir())
-        .output()
-        .expect("run lookalike")
 }
 
 #[test]

@@ -158,6 +158,38 @@ pub fn gaussian(rng: &mut StdRng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
 }
 
+/// Write `report` to `target/bench/<name>.json` and `body` (after the command that reproduces it)
+/// to the `name` section of BENCHMARKS.md, unless `LOOKALIKE_BENCH_NO_MD` is set.
+pub fn publish(
+    name: &str,
+    heading: &str,
+    command: &str,
+    report: &impl serde::Serialize,
+    body: &str,
+) {
+    let out = repo_root().join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report).unwrap(),
+    )
+    .unwrap();
+    if std::env::var_os("LOOKALIKE_BENCH_NO_MD").is_some() {
+        println!("wrote target/bench/{name}.json (BENCHMARKS.md left alone)");
+        return;
+    }
+    update_section(
+        name,
+        heading,
+        &format!(
+            "Command: `{command}`
+
+{body}"
+        ),
+    );
+    println!("wrote target/bench/{name}.json and the {name} section of BENCHMARKS.md");
+}
+
 /// Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in BENCHMARKS.md.
 /// A missing section is appended under `## {heading}`.
 pub fn update_section(name: &str, heading: &str, body: &str) {

@@ -16,10 +16,10 @@ use std::collections::HashSet;
 
 use anyhow::{bail, ensure, Context, Result};
 use prost::Message;
-use tract_onnx::pb::{ModelProto, NodeProto, StringStringEntryProto};
+use tract_onnx::pb::{ModelProto, StringStringEntryProto};
 
 use super::card::{ModelCard, Pooling};
-use super::onnx_export::{attr_int, float_tensor, value_info};
+use super::onnx_export::{attr_int, float_tensor, node, value_info};
 
 pub const FEATURES: &str = "features";
 pub const CATEGORY_LOGITS: &str = "category_logits";
@@ -94,14 +94,6 @@ pub fn extend(base_onnx: &[u8], base: &ModelCard, layer: &FeatureLayer) -> Resul
     );
 
     let v = |s: &str| format!("{PREFIX}/{s}");
-    let node = |op: &str, inputs: &[&str], output: &str, attribute| NodeProto {
-        name: output.to_string(),
-        op_type: op.to_string(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.to_string()],
-        attribute,
-        ..Default::default()
-    };
     let l2 = || vec![attr_int("axis", 1), attr_int("p", 2)];
     let (flat, unit, w, b, linear, c) = (
         v("flat"),

@@ -347,14 +347,7 @@ impl<'a> Builder<'a> {
     }
 
     fn node(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
-        self.nodes.push(NodeProto {
-            name: output.to_string(),
-            op_type: op.to_string(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.to_string()],
-            attribute,
-            ..Default::default()
-        });
+        self.nodes.push(node(op, inputs, output, attribute));
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<&'a [f32]> {
@@ -440,6 +433,23 @@ impl<'a> Builder<'a> {
         }
         self.node("Clip", &[&out, RELU6_MIN, RELU6_MAX], conv, vec![]);
         Ok(conv.to_string())
+    }
+}
+
+/// A node with one output, named after it.
+pub(crate) fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name: output.to_string(),
+        op_type: op.to_string(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        attribute,
+        ..Default::default()
     }
 }
 

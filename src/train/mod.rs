@@ -214,16 +214,10 @@ pub async fn train(
         let fetched = fetch(&source, &dataset, chunk).await?;
         let (base, cache, limits, progress) =
             (base.clone(), cache.clone(), opts.limits, progress.clone());
-        let results = tokio::task::spawn_blocking(move || {
-            fetched
-                .into_par_iter()
-                .with_max_len(1)
-                .map(|(i, views, bytes)| {
-                    let r = features::embed_views(&base, &bytes, views, &limits, cache.as_ref());
-                    progress(Event::Embedded(1));
-                    (i, views, r)
-                })
-                .collect::<Vec<_>>()
+        let results = on_all_cores(fetched, move |(i, views, bytes)| {
+            let r = features::embed_views(&base, &bytes, views, &limits, cache.as_ref());
+            progress(Event::Embedded(1));
+            (i, views, r)
         })
         .await?;
         for (i, views, r) in results {
@@ -297,7 +291,6 @@ pub async fn train(
     let cfg = opts.head.clone();
     let trained = {
         let progress = progress.clone();
-        let train_plain = train_plain.clone();
         tokio::task::spawn_blocking(move || {
             head::train(
                 &train_set,
@@ -374,16 +367,10 @@ pub async fn train(
         let jobs: Vec<(usize, u32)> = chunk.iter().map(|&i| (i, 1)).collect();
         let fetched = fetch(&source, &dataset, &jobs).await?;
         let (enc, limits, progress) = (exported_encoder.clone(), opts.limits, progress.clone());
-        let vectors = tokio::task::spawn_blocking(move || {
-            fetched
-                .into_par_iter()
-                .with_max_len(1)
-                .map(|(_, _, bytes)| {
-                    let r = enc.encode_image(&bytes, &limits);
-                    progress(Event::Checked(1));
-                    r
-                })
-                .collect::<Vec<_>>()
+        let vectors = on_all_cores(fetched, move |(_, _, bytes)| {
+            let r = enc.encode_image(&bytes, &limits);
+            progress(Event::Checked(1));
+            r
         })
         .await?;
         for (j, v) in vectors.into_iter().enumerate() {
@@ -439,6 +426,21 @@ pub async fn train(
         (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
     )?;
     Ok(report)
+}
+
+/// `f` over `items` on all cores (one item per task), off the async runtime.
+async fn on_all_cores<T, R>(
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Send + Sync + 'static,
+) -> Result<Vec<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    Ok(
+        tokio::task::spawn_blocking(move || items.into_par_iter().with_max_len(1).map(f).collect())
+            .await?,
+    )
 }
 
 /// Fetches the images of `jobs` (example index, views); a missing or unreadable object is an

@@ -25,7 +25,7 @@ use lookalike_ingest::IngestFunction;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
-use support::{dataset_images, median, record, repo_root, synth_between, update_section};
+use support::{dataset_images, median, publish, record, repo_root, synth_between};
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -237,17 +237,11 @@ async fn main() {
     report.insert("ingest_10_scaling".into(), scaling.into());
     report.insert("ingest_10_ratio_100k_1k".into(), ratio.into());
 
-    let out = repo_root().join("target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("ingest.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
-    update_section(
+    publish(
         "ingest",
         "Ingest Lambda",
-        &format!("Command: `cargo bench -p lookalike-ingest --bench ingest`\n\n{md}"),
+        "cargo bench -p lookalike-ingest --bench ingest",
+        &report,
+        &md,
     );
-    println!("wrote target/bench/ingest.json and the ingest section of BENCHMARKS.md");
 }

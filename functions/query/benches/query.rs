@@ -30,7 +30,7 @@ use lookalike::store::{DynStore, LocalStore, S3Store};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
-use support::{dataset_images, percentile, record, repo_root, synth_between, update_section};
+use support::{dataset_images, percentile, publish, record, repo_root, synth_between};
 
 const CHILD: &str = "LOOKALIKE_BENCH_COLD_START_EVENT";
 
@@ -310,19 +310,13 @@ async fn main() {
     md += &md_new_segment;
     report.insert("cold_start".into(), cold.into());
 
-    let out = repo_root().join("target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("query.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
-    update_section(
+    publish(
         "query",
         "Query Lambda",
-        &format!("Command: `cargo bench -p lookalike-query --bench query`\n\n{md}"),
+        "cargo bench -p lookalike-query --bench query",
+        &report,
+        &md,
     );
-    println!("wrote target/bench/query.json and the query section of BENCHMARKS.md");
 }
 
 /// Bytes of the segment files in a cache folder.
