@@ -8,7 +8,8 @@
 //! - [`reindex`]: rebuilding an index with another model, swapped in atomically.
 //! - [`api`]: the HTTP search API over [`query`], as the query Lambda serves it.
 //! - [`config`]: settings from the environment.
-//! - [`train`]: fine-tuning a feature layer on category folders (`lookalike train`).
+//! - [`train`]: fine-tuning an encoder on category folders: a trained feature layer and
+//!   discriminant directions over a frozen base model (`lookalike train`).
 
 pub mod api;
 pub mod catalog;

@@ -77,6 +77,7 @@ fn options(cache: Option<&Path>) -> TrainOptions {
         limits: Limits::default(),
         cache_dir: cache.map(Path::to_path_buf),
         name: Some("patterns".into()),
+        ..TrainOptions::default()
     }
 }
 
@@ -185,6 +186,14 @@ async fn trains_exports_one_onnx_graph_and_caches_embeddings() {
         r.exported_max_abs_diff
     );
     assert_eq!(r.exported.p_at_1, r.after.retrieval.p_at_1);
+    // The 16 dimensions: 2 discriminant directions (3 categories) and a 14-d feature layer.
+    assert_eq!(
+        (r.dims, r.feature_layer_dims, r.discriminant_dims),
+        (16, 14, 2)
+    );
+    assert_eq!(r.config.dims, 14);
+    let parts = r.discriminant_only.expect("the discriminant's own figures");
+    assert!(parts.p_at_1 >= 0.8, "{parts:?}");
 
     // The card: a new id, the base's input handling, the categories, the lineage.
     let card = ModelCard::load(&out).unwrap();
@@ -312,6 +321,30 @@ async fn bad_training_input_is_refused_clearly() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("has 3 images"), "{err}");
+    // No room for the feature layer beside 2 discriminant directions, or a negative weight.
+    let ten = work.path().join("ten");
+    write_folder(&ten, &dataset(10));
+    let mut narrow = options(None);
+    narrow.head.dims = 2;
+    let err = run_train(
+        Arc::new(LocalStore::new(&ten).unwrap()),
+        &work.path().join("m3"),
+        &narrow,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("leaves no room"), "{err}");
+    narrow.discriminant_weight = -1.0;
+    let err = train::train(
+        Arc::new(LocalStore::new(&ten).unwrap()),
+        &common::model_dir(),
+        &work.path().join("m4"),
+        &narrow,
+        Arc::new(|_| {}),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("0 or more"), "{err}");
     // Writing over the base model.
     let images = work.path().join("images");
     write_folder(&images, &dataset(10));
@@ -450,7 +483,9 @@ fn cli_train_prints_a_table_or_json() {
     );
     for needle in [
         "before (base embedding)",
-        "after (8-d feature layer)",
+        "after (8-d embedding)",
+        "6-d feature layer alone",
+        "2-d discriminant alone",
         "exported encoder.onnx",
         "P@10",
         "never trained on",
@@ -460,7 +495,7 @@ fn cli_train_prints_a_table_or_json() {
     }
     let mut json_args = args.to_vec();
     json_args[3] = "model2";
-    json_args.push("--json");
+    json_args.extend(["--json", "--discriminant-weight", "0"]);
     let out = lookalike(work.path(), &json_args);
     assert!(
         out.status.success(),
@@ -468,7 +503,11 @@ fn cli_train_prints_a_table_or_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    // Without the discriminant the feature layer takes all 8 dimensions.
     assert_eq!(v["dims"], 8);
+    assert_eq!(v["feature_layer_dims"], 8);
+    assert_eq!(v["discriminant_dims"], 0);
+    assert!(v["discriminant_only"].is_null());
     assert_eq!(
         v["embeddings_computed"], 0,
         "the second run reads the cache"

@@ -22,9 +22,17 @@ pub struct TrainArgs {
     /// The base model to fine-tune (kept frozen).
     #[command(flatten)]
     pub model: ModelLocation,
-    /// Dimensions of the new embedding (the feature layer).
+    /// Dimensions of the new embedding: the trained feature layer plus (categories - 1)
+    /// discriminant directions.
     #[arg(long, default_value_t = 256)]
     pub dims: usize,
+    /// Weight of the discriminant directions (shrinkage LDA, solved in closed form) next to the
+    /// feature layer in the embedding; 0 leaves them out.
+    #[arg(long, default_value_t = 1.5)]
+    pub discriminant_weight: f32,
+    /// Shrinkage of the discriminant's within-category covariance towards the identity.
+    #[arg(long, default_value_t = train::discriminant::DEFAULT_SHRINKAGE, hide_short_help = true)]
+    pub shrinkage: f64,
     /// Fraction of each category used for early stopping.
     #[arg(long, default_value_t = 0.2)]
     pub val_split: f64,
@@ -99,6 +107,8 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         limits: Limits::default(),
         cache_dir: (!args.no_cache).then(|| PathBuf::from(&args.cache)),
         name: args.name.clone(),
+        discriminant_weight: args.discriminant_weight,
+        shrinkage: args.shrinkage,
     };
     let bar = Arc::new(Mutex::new(ProgressBar::hidden()));
     let progress = {
@@ -199,7 +209,19 @@ fn print_report(r: &TrainReport) {
     let (a, b) = q(&r.before);
     row(&format!("before ({})", "base embedding"), a, &b);
     let (a, b) = q(&r.after);
-    row(&format!("after ({}-d feature layer)", r.dims), a, &b);
+    row(&format!("after ({}-d embedding)", r.dims), a, &b);
+    if let Some(d) = &r.discriminant_only {
+        row(
+            &format!("  {}-d feature layer alone", r.feature_layer_dims),
+            None,
+            &r.feature_layer_only,
+        );
+        row(
+            &format!("  {}-d discriminant alone", r.discriminant_dims),
+            None,
+            d,
+        );
+    }
     row("exported encoder.onnx", None, &r.exported);
     println!(
         "time: base embeddings {:.1} s ({} computed, {} cached), training {:.1} s, export {:.1} s, check {:.1} s; total {:.1} s",

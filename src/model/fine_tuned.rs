@@ -5,8 +5,16 @@
 //! is removed.
 //!
 //! ```text
-//! input -> backbone -> <base embedding> -> Flatten -> LpNormalization -> Gemm(W, b)
-//!       -> LpNormalization = features [N, dims] -> MatMul(C) = category_logits [N, classes]
+//! input -> backbone -> <base embedding> -> Flatten -> LpNormalization = unit
+//! unit -> Gemm(W, b) -> LpNormalization = features [N, dims] -> MatMul(C) = category_logits
+//! ```
+//! With a discriminant part (see `train::discriminant`), the feature layer's output is one half
+//! of the embedding and the discriminant's the other, each unit-length and weighted so that the
+//! whole is unit-length again:
+//! ```text
+//! unit -> Gemm(W, b) -> LpNormalization = head -> MatMul(C) = category_logits
+//! head -> Mul(a) ---------------------------------------+
+//! unit -> Gemm(P, c) -> LpNormalization -> Mul(b) ------+-> Concat = features [N, dims + k]
 //! ```
 //! The first normalisation reproduces what the base card's `l2_normalize` did to the embeddings
 //! the layer was trained on. The ops are all in the ONNX default domain since opset 9-13, so the
@@ -34,12 +42,36 @@ pub struct FeatureLayer<'a> {
     /// `dims × classes`: category logits = features · classifier.
     pub classifier: &'a [f32],
     pub labels: &'a [String],
+    pub discriminant: Option<DiscriminantLayer<'a>>,
+}
+
+/// Discriminant directions exported beside the feature layer.
+#[derive(Debug, Clone, Copy)]
+pub struct DiscriminantLayer<'a> {
+    /// `input × k`: part = normalize(normalize(embedding) · weights + bias).
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+    /// The part's weight relative to the feature layer's (see `train::discriminant::concat`).
+    pub weight: f32,
 }
 
 impl FeatureLayer<'_> {
+    /// The feature layer's dimensions.
     pub fn dims(&self) -> usize {
         self.bias.len()
     }
+
+    /// The embedding's dimensions.
+    pub fn embedding_dims(&self) -> usize {
+        self.dims() + self.discriminant.map_or(0, |d| d.bias.len())
+    }
+}
+
+/// The factors the two unit-length parts of an embedding are scaled by so that the
+/// discriminant part weighs `weight` times the feature layer's and the whole has unit length.
+pub fn part_scales(weight: f32) -> (f32, f32) {
+    let norm = (1.0 + weight * weight).sqrt();
+    (1.0 / norm, weight / norm)
 }
 
 /// The base graph followed by `layer`. `base` is the card that describes `base_onnx`.
@@ -58,6 +90,20 @@ pub fn extend(base_onnx: &[u8], base: &ModelCard, layer: &FeatureLayer) -> Resul
         "classifier has {} values, expected {dims} x {classes}",
         layer.classifier.len()
     );
+    if let Some(d) = &layer.discriminant {
+        ensure!(
+            !d.bias.is_empty() && d.weights.len() == base.dims * d.bias.len(),
+            "discriminant weights have {} values, expected {} x {}",
+            d.weights.len(),
+            base.dims,
+            d.bias.len()
+        );
+        ensure!(
+            d.weight.is_finite() && d.weight > 0.0,
+            "the discriminant weight must be positive, not {}",
+            d.weight
+        );
+    }
     if base.pooling != Pooling::None {
         bail!(
             "base model {} pools its output in lookalike ({:?}); fine-tuning needs a model whose output {:?} is already the embedding vector",
@@ -103,20 +149,53 @@ pub fn extend(base_onnx: &[u8], base: &ModelCard, layer: &FeatureLayer) -> Resul
         v("linear"),
         v("classifier"),
     );
+    let head = if layer.discriminant.is_some() {
+        v("head")
+    } else {
+        FEATURES.to_string()
+    };
     graph.node.extend([
         node("Flatten", &[&base.output], &flat, vec![attr_int("axis", 1)]),
         node("LpNormalization", &[&flat], &unit, l2()),
         node("Gemm", &[&unit, &w, &b], &linear, vec![]),
-        node("LpNormalization", &[&linear], FEATURES, l2()),
-        node("MatMul", &[FEATURES, &c], CATEGORY_LOGITS, vec![]),
+        node("LpNormalization", &[&linear], &head, l2()),
+        node("MatMul", &[&head, &c], CATEGORY_LOGITS, vec![]),
     ]);
     graph.initializer.extend([
         float_tensor(&w, &[base.dims, dims], layer.weights),
         float_tensor(&b, &[dims], layer.bias),
         float_tensor(&c, &[dims, classes], layer.classifier),
     ]);
+    if let Some(d) = &layer.discriminant {
+        let k = d.bias.len();
+        let (sa, sb) = part_scales(d.weight);
+        let [dw, db, dlin, dunit, ha, hs, da, ds] = [
+            "discriminant_weights",
+            "discriminant_bias",
+            "discriminant_linear",
+            "discriminant",
+            "head_scale",
+            "head_scaled",
+            "discriminant_scale",
+            "discriminant_scaled",
+        ]
+        .map(v);
+        graph.node.extend([
+            node("Gemm", &[&unit, &dw, &db], &dlin, vec![]),
+            node("LpNormalization", &[&dlin], &dunit, l2()),
+            node("Mul", &[&head, &ha], &hs, vec![]),
+            node("Mul", &[&dunit, &da], &ds, vec![]),
+            node("Concat", &[&hs, &ds], FEATURES, vec![attr_int("axis", 1)]),
+        ]);
+        graph.initializer.extend([
+            float_tensor(&dw, &[base.dims, k], d.weights),
+            float_tensor(&db, &[k], d.bias),
+            float_tensor(&ha, &[1], &[sa]),
+            float_tensor(&da, &[1], &[sb]),
+        ]);
+    }
     graph.output = vec![
-        value_info(FEATURES, &[None, Some(dims)]),
+        value_info(FEATURES, &[None, Some(layer.embedding_dims())]),
         value_info(CATEGORY_LOGITS, &[None, Some(classes)]),
     ];
     prune(graph);

@@ -1,6 +1,7 @@
 //! The trainable part of a fine-tuned encoder: a linear feature layer whose output is
-//! L2-normalised (the new embedding) and a cosine-softmax classifier over the categories, trained
-//! with AdamW on frozen backbone embeddings, with early stopping on the validation loss.
+//! L2-normalised (the new embedding, or its first part beside the discriminant directions) and a
+//! cosine-softmax classifier over the categories, trained with AdamW on frozen backbone
+//! embeddings, with early stopping on the validation precision@10.
 //!
 //! The classifier scores an image by `scale · cos(feature, class vector)`, so training pulls
 //! each category's features towards one direction on the unit sphere: exactly the geometry that
@@ -10,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use super::linalg::{gemm, normalize_rows, normalize_rows_backward};
+use super::linalg::{fold_center, gemm, normalize_rows, normalize_rows_backward};
 
 /// Labelled vectors: `x` holds `len` rows of `dims` values.
 #[derive(Debug, Clone, Default)]
@@ -122,20 +123,7 @@ impl Head {
     /// The bias of the layer as exported, with the centring folded in:
     /// `(x - center) · w1 + b1 = x · w1 + (b1 - center · w1)`.
     pub fn bias(&self) -> Vec<f32> {
-        let mut b = self.b1.clone();
-        gemm(
-            1,
-            self.input,
-            self.dims,
-            -1.0,
-            &self.center,
-            false,
-            &self.w1,
-            false,
-            1.0,
-            &mut b,
-        );
-        b
+        fold_center(&self.center, &self.w1, &self.b1)
     }
 
     /// Linear features (before normalisation) of the rows of `x`.

@@ -5,10 +5,13 @@
 //! - [`dataset`]: listing the labelled images and splitting each category.
 //! - [`features`]: backbone embeddings of images and augmented views, cached by content hash.
 //! - [`head`]: the feature layer + cosine classifier and its training loop (AdamW, early stopping).
+//! - [`discriminant`]: shrinkage LDA directions, solved in closed form, exported beside the
+//!   feature layer.
 //! - [`linalg`]: the matrix products (matrixmultiply's sgemm).
 //! - [`metrics`]: precision@k by category and accuracy.
 
 pub mod dataset;
+pub mod discriminant;
 pub mod features;
 pub mod head;
 pub mod linalg;
@@ -25,13 +28,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::encoder::Encoder;
-use crate::model::fine_tuned::{self, FeatureLayer};
+use crate::model::fine_tuned::{self, DiscriminantLayer, FeatureLayer};
 use crate::model::import::write_atomic;
 use crate::model::{CARD_FILE, ONNX_FILE};
 use crate::preprocess::Limits;
 use crate::store::{DynStore, GetResult};
 
 pub use dataset::{Dataset, Split};
+pub use discriminant::Discriminant;
 pub use head::{EpochStats, HeadConfig, Samples};
 pub use metrics::Retrieval;
 
@@ -59,6 +63,11 @@ pub struct TrainOptions {
     pub cache_dir: Option<PathBuf>,
     /// Name part of the new model id (default: the image folder's name).
     pub name: Option<String>,
+    /// Weight of the discriminant directions next to the trained feature layer in the embedding
+    /// (0: the feature layer alone). They take (categories - 1) of `head.dims`.
+    pub discriminant_weight: f32,
+    /// Shrinkage of the discriminant's within-category covariance.
+    pub shrinkage: f64,
 }
 
 impl Default for TrainOptions {
@@ -72,6 +81,8 @@ impl Default for TrainOptions {
             limits: Limits::default(),
             cache_dir: None,
             name: None,
+            discriminant_weight: 1.5,
+            shrinkage: discriminant::DEFAULT_SHRINKAGE,
         }
     }
 }
@@ -136,7 +147,11 @@ pub struct Timings {
 pub struct TrainReport {
     pub model_id: String,
     pub base_model: String,
+    /// Embedding dimensions: the feature layer's plus the discriminant's.
     pub dims: usize,
+    pub feature_layer_dims: usize,
+    pub discriminant_dims: usize,
+    pub discriminant_weight: f32,
     pub source: String,
     pub out: String,
     pub categories: Vec<String>,
@@ -146,8 +161,12 @@ pub struct TrainReport {
     pub evaluated_on: String,
     /// The base model's embeddings.
     pub before: Quality,
-    /// The trained head on the same (cached) backbone embeddings.
+    /// The exported embedding (feature layer and discriminant) on the same cached backbone
+    /// embeddings; the accuracy is the trained classifier's.
     pub after: Quality,
+    /// The parts of the embedding alone.
+    pub feature_layer_only: Retrieval,
+    pub discriminant_only: Option<Retrieval>,
     /// The exported encoder, run from scratch on the evaluation images.
     pub exported: Retrieval,
     /// Largest difference between the exported encoder's embeddings and the trained head's.
@@ -182,10 +201,23 @@ pub async fn train(
             out.display()
         );
     }
+    if !(opts.discriminant_weight.is_finite() && opts.discriminant_weight >= 0.0) {
+        bail!(
+            "--discriminant-weight must be 0 or more, not {}",
+            opts.discriminant_weight
+        );
+    }
     let base = Arc::new(Encoder::load(base_dir)?);
     let dataset = Dataset::list(source.as_ref()).await?;
     let split = dataset.split(opts.val_split, opts.test_split, opts.seed)?;
     let classes = dataset.categories.len();
+    if opts.discriminant_weight > 0.0 && opts.head.dims < classes {
+        bail!(
+            "--dims {} leaves no room for the feature layer next to the {} discriminant directions of {classes} categories: use a larger --dims, or --discriminant-weight 0",
+            opts.head.dims,
+            classes - 1
+        );
+    }
     let cache = match &opts.cache_dir {
         Some(dir) => Some(
             features::FeatureCache::new(dir, base.model_id())
@@ -283,12 +315,37 @@ pub async fn train(
         retrieval: metrics::precision(&eval_set.x, d, &eval_set.y),
     };
 
-    // Training.
+    // Training: the discriminant in closed form on every labelled image the head may use (no
+    // early stopping needs the validation images), then the feature layer in what is left of
+    // the dimensions.
     let t = Instant::now();
+    let disc = if opts.discriminant_weight > 0.0 {
+        let mut labelled = train_plain.clone();
+        labelled.x.extend_from_slice(&val_set.x);
+        labelled.y.extend_from_slice(&val_set.y);
+        let disc = tokio::task::spawn_blocking({
+            let shrinkage = opts.shrinkage;
+            move || Discriminant::fit(&labelled, classes, shrinkage)
+        })
+        .await??;
+        if opts.head.dims <= disc.dims {
+            bail!(
+                "--dims {} leaves no room for the feature layer next to the {} discriminant directions of {classes} categories: use a larger --dims, or --discriminant-weight 0",
+                opts.head.dims,
+                disc.dims
+            );
+        }
+        Some(disc)
+    } else {
+        None
+    };
+    let disc_dims = disc.as_ref().map_or(0, |d| d.dims);
     progress(Event::Training {
         max_epochs: opts.head.max_epochs,
     });
-    let cfg = opts.head.clone();
+    let mut cfg = opts.head.clone();
+    cfg.dims -= disc_dims;
+    let cfg_used = cfg.clone();
     let trained = {
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
@@ -305,10 +362,29 @@ pub async fn train(
     };
     let t_train = secs(t);
     let head = &trained.head;
-    let eval_features = head.features(&eval_set.x);
+    let head_features = head.features(&eval_set.x);
+    let feature_layer_only = metrics::precision(&head_features, head.dims, &eval_set.y);
+    let (eval_features, discriminant_only) = match &disc {
+        Some(disc) => {
+            let f = disc.features(&eval_set.x);
+            let only = metrics::precision(&f, disc.dims, &eval_set.y);
+            (
+                discriminant::concat(
+                    &head_features,
+                    head.dims,
+                    &f,
+                    disc.dims,
+                    opts.discriminant_weight,
+                ),
+                Some(only),
+            )
+        }
+        None => (head_features, None),
+    };
+    let dims = head.dims + disc_dims;
     let after = Quality {
         accuracy: head.evaluate(&eval_set).1,
-        retrieval: metrics::precision(&eval_features, head.dims, &eval_set.y),
+        retrieval: metrics::precision(&eval_features, dims, &eval_set.y),
     };
 
     // Export.
@@ -318,11 +394,20 @@ pub async fn train(
     });
     let classifier = head.classifier();
     let bias = head.bias();
+    let disc_bias = disc.as_ref().map(Discriminant::bias);
     let layer = FeatureLayer {
         weights: &head.w1,
         bias: &bias,
         classifier: &classifier,
         labels: &dataset.categories,
+        discriminant: disc
+            .as_ref()
+            .zip(disc_bias.as_deref())
+            .map(|(d, b)| DiscriminantLayer {
+                weights: &d.proj,
+                bias: b,
+                weight: opts.discriminant_weight,
+            }),
     };
     let base_onnx = std::fs::read(base_dir.join(ONNX_FILE))
         .with_context(|| format!("reading {}", base_dir.join(ONNX_FILE).display()))?;
@@ -334,17 +419,18 @@ pub async fn train(
     let id = format!(
         "{}-{}d-{}",
         sanitize(&name),
-        head.dims,
+        dims,
         &hex::encode(Sha256::digest(&onnx))[..8]
     );
     let card = fine_tuned::card(
         base.card(),
         id.clone(),
-        head.dims,
+        dims,
         &dataset.categories,
         format!(
-            "lookalike train: a {}-d feature layer on {} ({} images in {} categories) over {}",
+            "lookalike train: a {}-d feature layer and {} discriminant directions on {} ({} images in {} categories) over {}",
             head.dims,
+            disc_dims,
             dataset.location,
             split.train.len() + split.val.len(),
             classes,
@@ -362,7 +448,7 @@ pub async fn train(
     // Check: the exported encoder, loaded like search loads it, on the evaluation images.
     let t = Instant::now();
     let exported_encoder = Arc::new(Encoder::load(out)?);
-    let mut exported_features = vec![0f32; eval_used.len() * head.dims];
+    let mut exported_features = vec![0f32; eval_used.len() * dims];
     for (n, chunk) in eval_used.chunks(CHUNK).enumerate() {
         let jobs: Vec<(usize, u32)> = chunk.iter().map(|&i| (i, 1)).collect();
         let fetched = fetch(&source, &dataset, &jobs).await?;
@@ -376,10 +462,10 @@ pub async fn train(
         for (j, v) in vectors.into_iter().enumerate() {
             let v = v.context("the exported encoder failed on an image the base model read")?;
             let row = n * CHUNK + j;
-            exported_features[row * head.dims..(row + 1) * head.dims].copy_from_slice(&v);
+            exported_features[row * dims..(row + 1) * dims].copy_from_slice(&v);
         }
     }
-    let exported = metrics::precision(&exported_features, head.dims, &eval_set.y);
+    let exported = metrics::precision(&exported_features, dims, &eval_set.y);
     let exported_max_abs_diff = exported_features
         .iter()
         .zip(&eval_features)
@@ -390,7 +476,14 @@ pub async fn train(
     let report = TrainReport {
         model_id: id,
         base_model: base.model_id().to_string(),
-        dims: head.dims,
+        dims,
+        feature_layer_dims: head.dims,
+        discriminant_dims: disc_dims,
+        discriminant_weight: if disc.is_some() {
+            opts.discriminant_weight
+        } else {
+            0.0
+        },
         source: dataset.location.clone(),
         out: out.display().to_string(),
         categories: dataset.categories.clone(),
@@ -404,11 +497,13 @@ pub async fn train(
         evaluated_on: eval_name.into(),
         before,
         after,
+        feature_layer_only,
+        discriminant_only,
         exported,
         exported_max_abs_diff,
         epochs_run: trained.epochs_run,
         best_epoch: trained.best_epoch,
-        config: opts.head.clone(),
+        config: cfg_used,
         embeddings_computed: computed,
         embeddings_cached: cached,
         skipped,
