@@ -15,12 +15,10 @@ use crate::index::writer::{self, Commit};
 use crate::index::{Index, IndexError, ItemRecord, ModelRef};
 use crate::model::encoder::Encoder;
 use crate::preprocess::Limits;
-use crate::store::{DynStore, GetResult, ObjectMeta, StoreError, StoreResult};
+use crate::store::{get_object, DynStore, ObjectMeta, StoreError, StoreResult, FETCH_CONCURRENCY};
 
 /// Images fetched and encoded together; bounds the memory held by raw image bytes.
 const CHUNK: usize = 64;
-/// Concurrent fetches from the source store.
-const FETCH_CONCURRENCY: usize = 16;
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -285,17 +283,13 @@ impl Ingester {
     ) -> Vec<(ObjectMeta, Result<bytes::Bytes, Outcome>)> {
         stream::iter(chunk.iter().cloned())
             .map(|meta| async move {
-                match self.source.get(&meta.key, None).await {
-                    Ok(GetResult::Found(o)) => {
+                match get_object(self.source.as_ref(), &meta.key).await {
+                    Ok(o) => {
                         let mut m = o.meta;
                         if m.metadata.is_empty() {
                             m.metadata = meta.metadata;
                         }
                         (m, Ok(o.bytes))
-                    }
-                    Ok(GetResult::NotModified) => {
-                        let reason = "the store answered not-modified to a plain GET".to_string();
-                        (meta, Err(Outcome::Failed { reason }))
                     }
                     // Deleted since the notification: the deletion is what to index.
                     Err(StoreError::NotFound(_)) => (meta, Err(Outcome::Deleted)),

@@ -40,7 +40,9 @@ use crate::index::{Index, IndexError, ModelRef, Snapshot};
 use crate::ingest::Progress;
 use crate::model::encoder::Encoder;
 use crate::preprocess::Limits;
-use crate::store::{self, DynStore, GetResult, ObjectStore, S3Store, StoreError};
+use crate::store::{
+    self, get_object, DynStore, ObjectStore, S3Store, StoreError, FETCH_CONCURRENCY,
+};
 
 /// Items per new segment (the default batch of `lookalike index`).
 pub const SEGMENT_ITEMS: usize = 5000;
@@ -49,8 +51,6 @@ pub const MAX_ATTEMPTS: usize = 16;
 /// Images fetched and encoded together; bounds the memory held by raw image bytes. The next
 /// chunk is fetched while one is encoded.
 const ENCODE_CHUNK: usize = 32;
-/// Concurrent fetches from the sources.
-const FETCH_CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReindexError {
@@ -400,11 +400,8 @@ impl ReindexJob<'_> {
                     location: source.location(),
                     error,
                 };
-                match source.get(&r.key, None).await {
-                    Ok(GetResult::Found(o)) => Ok((r.clone(), Some((o.bytes, o.meta.etag)))),
-                    Ok(GetResult::NotModified) => Err(fail(
-                        "the store answered not-modified to a plain GET".into(),
-                    )),
+                match get_object(source.as_ref(), &r.key).await {
+                    Ok(o) => Ok((r.clone(), Some((o.bytes, o.meta.etag)))),
                     Err(StoreError::NotFound(_)) => Ok((r.clone(), None)),
                     Err(e) => Err(fail(e.to_string())),
                 }
@@ -449,13 +446,6 @@ impl ReindexJob<'_> {
                 Some(Err(e)) => return Err(fail(e.to_string())),
                 None => return Err(ReindexError::Internal("an embedding is missing".into())),
             };
-            if vector.len() != self.new_model.dims {
-                return Err(fail(format!(
-                    "the embedding has {} dimensions, the model card says {}",
-                    vector.len(),
-                    self.new_model.dims
-                )));
-            }
             out.push((record, Some((vector, etag))));
         }
         Ok(out)
@@ -463,34 +453,22 @@ impl ReindexJob<'_> {
 
     /// A source from which every item is gone is a wrong source, not a mass deletion.
     fn check_sources(&self) -> Result<(), ReindexError> {
+        // With --source every item is read from there, whatever source it was indexed from.
+        let over = self.r.source.as_ref().map(|s| s.location());
         let mut per_source: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for r in &self.live {
-            let (total, gone) = per_source.entry(&r.source).or_default();
+            let (total, gone) = per_source
+                .entry(over.as_deref().unwrap_or(&r.source))
+                .or_default();
             *total += 1;
             *gone += self.missing.contains(&version_of(r)) as usize;
         }
-        let override_location = self.r.source.as_ref().map(|s| s.location());
-        if let Some(location) = override_location {
-            let (total, gone) = per_source
-                .values()
-                .fold((0, 0), |(t, g), &(t1, g1)| (t + t1, g + g1));
-            return if total > 0 && gone == total {
-                Err(ReindexError::SourceEmpty {
-                    location,
-                    items: total,
-                })
-            } else {
-                Ok(())
-            };
-        }
-        match per_source
+        let empty = per_source
             .into_iter()
             .find(|(_, (total, gone))| *total > 0 && gone == total)
-        {
-            Some((location, (items, _))) => Err(ReindexError::SourceEmpty {
-                location: location.to_string(),
-                items,
-            }),
+            .map(|(location, (items, _))| (location.to_string(), items));
+        match empty {
+            Some((location, items)) => Err(ReindexError::SourceEmpty { location, items }),
             None => Ok(()),
         }
     }

@@ -3,19 +3,22 @@
 //! model; tests/ingest.rs covers the path from image bytes.
 
 mod common;
+/// Needs async-trait, which only the root crate's tests have.
+#[path = "common/faults.rs"]
+mod faults;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+use faults::{Fault, FaultyStore};
 use lookalike::index::manifest::{segment_key, Manifest, MANIFEST_KEY};
 use lookalike::index::segment::{BuildParams, ItemRecord};
 use lookalike::index::writer::{self, CompactionPolicy};
 use lookalike::index::{Index, IndexError, ManifestError, ModelRef};
-use lookalike::store::{DynStore, GetResult, LocalStore, ObjectMeta, ObjectStore, StoreResult};
+use lookalike::store::{DynStore, LocalStore};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -390,43 +393,16 @@ async fn other_model_is_refused_with_both_ids() {
     }
 }
 
-/// A store that corrupts the first `bad` downloads of segment files (a flaky network or a
-/// truncated transfer), passing everything else through to the real store.
+/// Corrupts the first `bad` downloads of segment files (a flaky network or a truncated
+/// transfer); everything else passes through to the real store.
 #[derive(Debug)]
-struct CorruptingStore {
-    inner: DynStore,
+struct Corrupting {
     bad: std::sync::atomic::AtomicUsize,
     truncate: bool,
 }
 
-#[async_trait]
-impl ObjectStore for CorruptingStore {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn get(&self, key: &str, inm: Option<&str>) -> StoreResult<GetResult> {
-        self.inner.get(key, inm).await
-    }
-    async fn put(&self, key: &str, body: Bytes) -> StoreResult<String> {
-        self.inner.put(key, body).await
-    }
-    async fn put_if_absent(&self, key: &str, body: Bytes) -> StoreResult<String> {
-        self.inner.put_if_absent(key, body).await
-    }
-    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> StoreResult<String> {
-        self.inner.put_if_match(key, body, etag).await
-    }
-    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
-    async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta> {
-        let meta = self.inner.download_to(key, dest).await?;
+impl Fault for Corrupting {
+    fn after_download(&self, _key: &str, dest: &Path) {
         let left = self.bad.load(std::sync::atomic::Ordering::SeqCst);
         if left > 0 {
             self.bad
@@ -440,7 +416,6 @@ impl ObjectStore for CorruptingStore {
             }
             std::fs::write(dest, data).unwrap();
         }
-        Ok(meta)
     }
 }
 
@@ -458,10 +433,12 @@ async fn corrupt_or_truncated_downloads_are_fetched_again_never_opened() {
 
         for truncate in [false, true] {
             // One bad transfer: detected by the checksum and fetched again.
-            let flaky: DynStore = Arc::new(CorruptingStore {
+            let flaky: DynStore = Arc::new(FaultyStore {
                 inner: store.clone(),
-                bad: 1.into(),
-                truncate,
+                fault: Corrupting {
+                    bad: 1.into(),
+                    truncate,
+                },
             });
             let cache = tempfile::tempdir().unwrap();
             let index = Index::open(flaky, cache.path(), Some(model()))
@@ -474,10 +451,12 @@ async fn corrupt_or_truncated_downloads_are_fetched_again_never_opened() {
             );
 
             // Every transfer bad: a clear error, and nothing under a segment name in the cache.
-            let broken: DynStore = Arc::new(CorruptingStore {
+            let broken: DynStore = Arc::new(FaultyStore {
                 inner: store.clone(),
-                bad: 100.into(),
-                truncate,
+                fault: Corrupting {
+                    bad: 100.into(),
+                    truncate,
+                },
             });
             let cache = tempfile::tempdir().unwrap();
             let err = Index::open(broken, cache.path(), Some(model()))

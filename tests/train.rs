@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::cli::lookalike;
+use common::cli::{failed, lookalike, ok};
 use lookalike::index::{Index, IndexError};
 use lookalike::ingest::Ingester;
 use lookalike::model::encoder::Encoder;
@@ -53,12 +53,14 @@ fn dataset(per_category: u64) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-fn write_folder(dir: &Path, files: &[(String, Vec<u8>)]) {
+/// Writes `files` under `dir` and opens it as a store.
+fn folder(dir: &Path, files: &[(String, Vec<u8>)]) -> DynStore {
     for (key, bytes) in files {
         let p = dir.join(key);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
+    Arc::new(LocalStore::new(dir).unwrap())
 }
 
 fn options(cache: Option<&Path>) -> TrainOptions {
@@ -151,11 +153,10 @@ async fn trains_exports_one_onnx_graph_and_caches_embeddings() {
     let work = common::tempdir();
     let images = work.path().join("images");
     let files = dataset(10);
-    write_folder(&images, &files);
+    let source = folder(&images, &files);
     std::fs::write(images.join("README.txt"), "not an image").unwrap();
     let cache = work.path().join("cache");
     let out = work.path().join("model");
-    let source: DynStore = Arc::new(LocalStore::new(&images).unwrap());
     let opts = options(Some(&cache));
 
     let r = run_train(source.clone(), &out, &opts).await.unwrap();
@@ -297,59 +298,36 @@ async fn bad_training_input_is_refused_clearly() {
     }
     let work = common::tempdir();
     // One category only.
-    let one = work.path().join("one");
-    write_folder(&one, &dataset(4)[..4]);
-    let err = run_train(
-        Arc::new(LocalStore::new(&one).unwrap()),
-        &work.path().join("m1"),
-        &options(None),
-    )
-    .await
-    .unwrap_err();
+    let one = folder(&work.path().join("one"), &dataset(4)[..4]);
+    let err = run_train(one, &work.path().join("m1"), &options(None))
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("at least 2 category folders"),
         "{err}"
     );
     // Too few images for the split.
-    let few = work.path().join("few");
-    write_folder(&few, &dataset(3));
-    let err = run_train(
-        Arc::new(LocalStore::new(&few).unwrap()),
-        &work.path().join("m2"),
-        &options(None),
-    )
-    .await
-    .unwrap_err();
+    let few = folder(&work.path().join("few"), &dataset(3));
+    let err = run_train(few, &work.path().join("m2"), &options(None))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("has 3 images"), "{err}");
     // No room for the feature layer beside 2 discriminant directions, or a negative weight.
-    let ten = work.path().join("ten");
-    write_folder(&ten, &dataset(10));
+    let images = folder(&work.path().join("images"), &dataset(10));
     let mut narrow = options(None);
     narrow.head.dims = 2;
-    let err = run_train(
-        Arc::new(LocalStore::new(&ten).unwrap()),
-        &work.path().join("m3"),
-        &narrow,
-    )
-    .await
-    .unwrap_err();
+    let err = run_train(images.clone(), &work.path().join("m3"), &narrow)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("leaves no room"), "{err}");
     narrow.discriminant_weight = -1.0;
-    let err = train::train(
-        Arc::new(LocalStore::new(&ten).unwrap()),
-        &common::model_dir(),
-        &work.path().join("m4"),
-        &narrow,
-        Arc::new(|_| {}),
-    )
-    .await
-    .unwrap_err();
+    let err = run_train(images.clone(), &work.path().join("m4"), &narrow)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("0 or more"), "{err}");
     // Writing over the base model.
-    let images = work.path().join("images");
-    write_folder(&images, &dataset(10));
     let err = train::train(
-        Arc::new(LocalStore::new(&images).unwrap()),
+        images,
         &common::model_dir(),
         &common::model_dir(),
         &options(None),
@@ -371,8 +349,7 @@ async fn a_fine_tuned_model_needs_a_reindex() {
     let work = common::tempdir();
     let images = work.path().join("images");
     let files = dataset(10);
-    write_folder(&images, &files);
-    let source: DynStore = Arc::new(LocalStore::new(&images).unwrap());
+    let source = folder(&images, &files);
     let out = work.path().join("model");
     run_train(source.clone(), &out, &options(None))
         .await
@@ -456,8 +433,7 @@ fn cli_train_prints_a_table_or_json() {
         return;
     }
     let work = common::tempdir();
-    let images = work.path().join("images");
-    write_folder(&images, &dataset(10));
+    folder(&work.path().join("images"), &dataset(10));
     let args = [
         "train",
         "images",
@@ -474,13 +450,7 @@ fn cli_train_prints_a_table_or_json() {
         "--cache",
         "cache",
     ];
-    let out = lookalike(work.path(), &args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(lookalike(work.path(), &args));
     for needle in [
         "before (base embedding)",
         "after (8-d embedding)",
@@ -496,13 +466,8 @@ fn cli_train_prints_a_table_or_json() {
     let mut json_args = args.to_vec();
     json_args[3] = "model2";
     json_args.extend(["--json", "--discriminant-weight", "0"]);
-    let out = lookalike(work.path(), &json_args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let json = ok(lookalike(work.path(), &json_args));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
     // Without the discriminant the feature layer takes all 8 dimensions.
     assert_eq!(v["dims"], 8);
     assert_eq!(v["feature_layer_dims"], 8);
@@ -515,13 +480,11 @@ fn cli_train_prints_a_table_or_json() {
     assert!(v["after"]["p_at_10"].as_f64().is_some());
 
     // Clear errors: a missing folder, a missing base model.
-    let out = lookalike(work.path(), &["train", "nowhere", "--out", "m"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere is not a folder"));
-    let out = lookalike(
+    let err = failed(lookalike(work.path(), &["train", "nowhere", "--out", "m"]));
+    assert!(err.contains("nowhere is not a folder"), "{err}");
+    let err = failed(lookalike(
         work.path(),
         &["train", "images", "--out", "m", "--model", "no-model"],
-    );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no model in no-model"));
+    ));
+    assert!(err.contains("no model in no-model"), "{err}");
 }

@@ -11,9 +11,8 @@ use lookalike::catalog::{is_image_name, MetadataTable, IMAGE_EXTENSIONS};
 use lookalike::index::segment::BuildParams;
 use lookalike::ingest::{Ingester, Outcome};
 use lookalike::preprocess::Limits;
-use lookalike::store;
 
-use super::{IndexLocation, ModelLocation};
+use super::{open_source, IndexLocation, ModelLocation};
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
@@ -39,12 +38,9 @@ pub struct IndexArgs {
 
 pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    if !args.source.starts_with("s3://") && !std::path::Path::new(&args.source).is_dir() {
-        anyhow::bail!("{} is not a folder (or an s3://bucket/prefix)", args.source);
-    }
+    let source = open_source(&args.source, "").await?;
     let encoder = Arc::new(args.model.load()?);
     let index = Arc::new(args.location.open(Some(&encoder)).await?);
-    let source = store::open(&args.source).await?;
     let metadata = match &args.metadata {
         Some(p) => Some(Arc::new(MetadataTable::load(p)?)),
         None => None,

@@ -99,10 +99,22 @@ pub struct ModelLocation {
     pub model: PathBuf,
 }
 
+/// Opens the images at `location` (a folder or `s3://bucket/prefix`); a path that is not a
+/// folder is an error naming it, after `flag` (`"--source "`, or `""` for a positional argument).
+pub async fn open_source(location: &str, flag: &str) -> anyhow::Result<lookalike::store::DynStore> {
+    if !location.starts_with("s3://") && !std::path::Path::new(location).is_dir() {
+        anyhow::bail!("{flag}{location} is not a folder (or an s3://bucket/prefix)");
+    }
+    Ok(lookalike::store::open(location).await?)
+}
+
 impl ModelLocation {
     pub fn load(&self) -> anyhow::Result<Encoder> {
-        self.load_card()?;
-        Ok(Encoder::load(&self.model)?)
+        let card = self.load_card()?;
+        Ok(Encoder::load_with_card(
+            &self.model.join(lookalike::model::ONNX_FILE),
+            card,
+        )?)
     }
 
     /// Check that the folder holds a model (without loading it); returns its card.

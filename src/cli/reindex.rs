@@ -6,9 +6,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use lookalike::reindex::Reindexer;
-use lookalike::store;
 
-use super::{IndexLocation, ModelLocation};
+use super::{open_source, IndexLocation, ModelLocation};
 
 #[derive(Debug, Args)]
 pub struct ReindexArgs {
@@ -31,12 +30,7 @@ pub async fn run(args: ReindexArgs) -> anyhow::Result<()> {
     // No model check: the index holds the old model's embeddings.
     let index = Arc::new(args.location.open(None).await?);
     let source = match &args.source {
-        Some(s) => {
-            if !s.starts_with("s3://") && !std::path::Path::new(s).is_dir() {
-                anyhow::bail!("--source {s} is not a folder (or an s3://bucket/prefix)");
-            }
-            Some(store::open(s).await?)
-        }
+        Some(s) => Some(open_source(s, "--source ").await?),
         None => None,
     };
     let reindexer = Reindexer {

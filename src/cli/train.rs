@@ -7,10 +7,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use lookalike::preprocess::Limits;
-use lookalike::store;
 use lookalike::train::{self, Event, HeadConfig, Quality, TrainOptions, TrainReport};
 
-use super::{ModelLocation, DEFAULT_CACHE};
+use super::{open_source, ModelLocation, DEFAULT_CACHE};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -82,11 +81,8 @@ pub struct TrainArgs {
 }
 
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if !args.source.starts_with("s3://") && !std::path::Path::new(&args.source).is_dir() {
-        anyhow::bail!("{} is not a folder (or an s3://bucket/prefix)", args.source);
-    }
+    let source = open_source(&args.source, "").await?;
     args.model.load_card()?;
-    let source = store::open(&args.source).await?;
     let opts = TrainOptions {
         head: HeadConfig {
             dims: args.dims,

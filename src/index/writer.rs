@@ -14,7 +14,7 @@ use super::manifest::{
 };
 use super::segment::{write_segment, BuildParams, ItemRecord};
 use super::{Index, IndexError};
-use crate::store::{GetResult, ObjectStore, StoreError};
+use crate::store::{get_object, ObjectStore, StoreError};
 
 /// Attempts at a manifest compare-and-swap before giving up.
 pub const MAX_COMMIT_ATTEMPTS: usize = 64;
@@ -60,9 +60,8 @@ where
     F: FnMut(&mut Manifest) -> Result<bool, IndexError>,
 {
     for attempt in 1..=MAX_COMMIT_ATTEMPTS {
-        let (mut manifest, etag) = match store.get(MANIFEST_KEY, None).await {
-            Ok(GetResult::Found(o)) => (Manifest::from_bytes(&o.bytes)?, Some(o.meta.etag)),
-            Ok(GetResult::NotModified) => unreachable!("unconditional get"),
+        let (mut manifest, etag) = match get_object(store, MANIFEST_KEY).await {
+            Ok(o) => (Manifest::from_bytes(&o.bytes)?, Some(o.meta.etag)),
             Err(StoreError::NotFound(_)) => (Manifest::new(model.clone()), None),
             Err(e) => return Err(e.into()),
         };
@@ -77,7 +76,7 @@ where
         if !change(&mut manifest)? {
             return Ok((manifest, false, attempt));
         }
-        if put_manifest(store, &manifest, etag.as_deref()).await? {
+        if put_manifest(store, manifest.to_bytes().into(), etag.as_deref()).await? {
             return Ok((manifest, true, attempt));
         }
         backoff(attempt).await;
@@ -96,18 +95,18 @@ pub async fn swap_manifest(
     etag: &str,
     manifest: &Manifest,
 ) -> Result<bool, IndexError> {
-    Manifest::from_bytes(&manifest.to_bytes())?;
-    put_manifest(store, manifest, Some(etag)).await
+    let body = manifest.to_bytes();
+    Manifest::from_bytes(&body)?;
+    put_manifest(store, body.into(), Some(etag)).await
 }
 
-/// Write `manifest` if the stored one still has ETag `etag` (`None`: if there is none yet).
-/// `Ok(false)` when another writer got there first.
+/// Write the manifest `body` if the stored one still has ETag `etag` (`None`: if there is none
+/// yet). `Ok(false)` when another writer got there first.
 async fn put_manifest(
     store: &dyn ObjectStore,
-    manifest: &Manifest,
+    body: Bytes,
     etag: Option<&str>,
 ) -> Result<bool, IndexError> {
-    let body = Bytes::from(manifest.to_bytes());
     let written = match etag {
         Some(etag) => store.put_if_match(MANIFEST_KEY, body, etag).await,
         None => store.put_if_absent(MANIFEST_KEY, body).await,

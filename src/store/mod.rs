@@ -93,6 +93,20 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
 pub type DynStore = Arc<dyn ObjectStore>;
 
+/// Objects fetched at once by the passes that read many source images (ingest, reindex, train).
+pub const FETCH_CONCURRENCY: usize = 16;
+
+/// An unconditional `get`: the object, or an error. (A not-modified answer to a get without an
+/// etag is a backend fault, reported as one.)
+pub async fn get_object(store: &dyn ObjectStore, key: &str) -> StoreResult<Object> {
+    match store.get(key, None).await? {
+        GetResult::Found(o) => Ok(o),
+        GetResult::NotModified => Err(StoreError::Backend(format!(
+            "{key}: the store answered not-modified to a plain GET"
+        ))),
+    }
+}
+
 /// `(bucket, prefix)` of an `s3://bucket/prefix` location (the prefix without surrounding
 /// slashes); `None` when `location` is not an S3 location.
 pub fn parse_s3_location(location: &str) -> Option<(&str, &str)> {

@@ -32,7 +32,7 @@ use crate::model::fine_tuned::{self, DiscriminantLayer, FeatureLayer};
 use crate::model::import::write_atomic;
 use crate::model::{CARD_FILE, ONNX_FILE};
 use crate::preprocess::Limits;
-use crate::store::{DynStore, GetResult};
+use crate::store::{get_object, DynStore, FETCH_CONCURRENCY};
 
 pub use dataset::{Dataset, Split};
 pub use discriminant::Discriminant;
@@ -43,7 +43,6 @@ pub use metrics::Retrieval;
 pub const REPORT_FILE: &str = "training.json";
 /// Images fetched and encoded together.
 const CHUNK: usize = 128;
-const FETCH_CONCURRENCY: usize = 16;
 
 /// Everything `train` can be told besides where the images, the base model and the output are.
 #[derive(Debug, Clone)]
@@ -323,19 +322,12 @@ pub async fn train(
         let mut labelled = train_plain.clone();
         labelled.x.extend_from_slice(&val_set.x);
         labelled.y.extend_from_slice(&val_set.y);
-        let disc = tokio::task::spawn_blocking({
-            let shrinkage = opts.shrinkage;
-            move || Discriminant::fit(&labelled, classes, shrinkage)
-        })
-        .await??;
-        if opts.head.dims <= disc.dims {
-            bail!(
-                "--dims {} leaves no room for the feature layer next to the {} discriminant directions of {classes} categories: use a larger --dims, or --discriminant-weight 0",
-                opts.head.dims,
-                disc.dims
-            );
-        }
-        Some(disc)
+        // At most classes - 1 directions: the check above left the feature layer room.
+        let shrinkage = opts.shrinkage;
+        Some(
+            tokio::task::spawn_blocking(move || Discriminant::fit(&labelled, classes, shrinkage))
+                .await??,
+        )
     } else {
         None
     };
@@ -549,11 +541,10 @@ async fn fetch(
         .map(|(i, views)| {
             let key = dataset.examples[i].key.clone();
             async move {
-                match source.get(&key, None).await {
-                    Ok(GetResult::Found(o)) => Ok((i, views, o.bytes)),
-                    Ok(GetResult::NotModified) => bail!("{key}: unexpected not-modified answer"),
-                    Err(e) => Err(anyhow::Error::new(e).context(format!("fetching {key}"))),
-                }
+                get_object(source.as_ref(), &key)
+                    .await
+                    .map(|o| (i, views, o.bytes))
+                    .with_context(|| format!("fetching {key}"))
             }
         })
         .buffered(FETCH_CONCURRENCY)
