@@ -1,328 +1,52 @@
-//! Reader for legacy (pre-1.6, non-zip) PyTorch checkpoints holding a `state_dict`.
-//!
-//! The file is a sequence of pickles: a magic number, the protocol version, a sys-info dict, the
-//! state dict itself (tensors refer to storages through persistent ids), the list of storage keys,
-//! and then the raw storages in that order (each an 8-byte little-endian element count followed by
-//! the little-endian data). We run a small pickle VM that understands just the opcodes and globals a
-//! state dict needs; nothing is ever executed, and a malformed file gives a [`TorchError`], never a
-//! panic. Compound pickle values live in an arena and refer to each other by index, so even a
-//! hostile, deeply nested file cannot overflow the stack when it is dropped.
+//! The pickle VM behind the checkpoint reader: runs one pickle of a legacy torch checkpoint and
+//! returns its value. It understands just the opcodes and the globals a state dict needs
+//! (`OrderedDict`, `_rebuild_tensor_v2`, `_rebuild_parameter`, storages as persistent ids);
+//! nothing is ever executed, and a malformed pickle gives a [`PickleError`], never a panic.
+//! Compound values live in an arena and refer to each other by index, so even a hostile, deeply
+//! nested file cannot overflow the stack when it is dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Legacy checkpoint magic number (`0x1950a86a20f9469cfc6c`) as little-endian `LONG1` bytes.
-const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
-const PROTOCOL_VERSION: i64 = 1001;
+use super::dtype::DType;
+
 /// Caps on VM growth, far above what any real state dict needs.
 const MAX_STACK: usize = 1 << 20;
 const MAX_OBJECTS: usize = 1 << 22;
 const MAX_DIMS: usize = 16;
 
+/// Why a pickle could not be run.
 #[derive(Debug, thiserror::Error)]
-pub enum TorchError {
+pub enum PickleError {
+    /// The pickle ends before its `STOP` opcode (the argument says where).
     #[error("truncated checkpoint: {0}")]
     Truncated(&'static str),
-    #[error("not a legacy torch checkpoint: {0}")]
-    NotLegacy(String),
+    /// An opcode the VM does not implement.
     #[error("unsupported pickle opcode 0x{op:02x} ('{}') at byte {pos}", char::from(*.op).escape_default())]
-    UnsupportedOpcode { op: u8, pos: usize },
+    UnsupportedOpcode {
+        /// The opcode byte.
+        op: u8,
+        /// Its offset in the file.
+        pos: usize,
+    },
+    /// The opcodes do not make sense together (stack underflow, a bad argument, a cap reached).
     #[error("malformed pickle at byte {pos}: {msg}")]
-    Pickle { pos: usize, msg: String },
+    Malformed {
+        /// Offset in the file where the VM stopped.
+        pos: usize,
+        /// What was wrong.
+        msg: String,
+    },
+    /// A call of a global that a state dict does not need (`module.name`).
     #[error("unsupported pickle callable {0}")]
     UnsupportedCallable(String),
-    #[error("malformed checkpoint: {0}")]
-    Malformed(String),
 }
 
-type Result<T> = std::result::Result<T, TorchError>;
-/// Raw storages by key: element type and little-endian bytes.
-type Storages<'a> = HashMap<Rc<str>, (DType, &'a [u8])>;
-
-/// Element type of a storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    F64,
-    F16,
-    BF16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U8,
-    Bool,
-}
-
-impl DType {
-    fn from_storage_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "FloatStorage" => DType::F32,
-            "DoubleStorage" => DType::F64,
-            "HalfStorage" => DType::F16,
-            "BFloat16Storage" => DType::BF16,
-            "LongStorage" => DType::I64,
-            "IntStorage" => DType::I32,
-            "ShortStorage" => DType::I16,
-            "CharStorage" => DType::I8,
-            "ByteStorage" => DType::U8,
-            "BoolStorage" => DType::Bool,
-            _ => return None,
-        })
-    }
-
-    pub fn size(self) -> usize {
-        match self {
-            DType::F64 | DType::I64 => 8,
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 | DType::I16 => 2,
-            DType::I8 | DType::U8 | DType::Bool => 1,
-        }
-    }
-
-    /// Reads element `i` of little-endian `bytes` as f32 (caller guarantees bounds).
-    fn read_f32(self, bytes: &[u8], i: usize) -> f32 {
-        let s = self.size();
-        let b = &bytes[i * s..(i + 1) * s];
-        match self {
-            DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            DType::F64 => {
-                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-            }
-            DType::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
-            DType::BF16 => f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
-            DType::I64 => {
-                i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-            }
-            DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
-            DType::I16 => f32::from(i16::from_le_bytes([b[0], b[1]])),
-            DType::I8 => f32::from(b[0] as i8),
-            DType::U8 | DType::Bool => f32::from(b[0]),
-        }
-    }
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, _) => {
-            // subnormal: value = man * 2^-24
-            let v = man as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 112) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
-}
-
-/// A dense, row-major tensor converted to f32.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-    /// Element type on disk.
-    pub dtype: DType,
-}
-
-impl Tensor {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-/// Parses a legacy checkpoint and returns every tensor of its state dict, by name.
-///
-/// Entries of the state dict that are not tensors are skipped. A checkpoint that is a dict with a
-/// `state_dict` entry (a common training-script layout) is unwrapped.
-pub fn load_state_dict(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>> {
-    if bytes.starts_with(b"PK\x03\x04") {
-        return Err(TorchError::NotLegacy(
-            "this is a zip-format checkpoint (torch >= 1.6), only the legacy format is supported"
-                .into(),
-        ));
-    }
-    let magic = Vm::new(bytes, 0).run()?;
-    if magic.value != Value::BigInt(MAGIC.as_slice().into()) {
-        return Err(TorchError::NotLegacy("bad magic number".into()));
-    }
-    let version = Vm::new(bytes, magic.vm.pos).run()?;
-    if version.value != Value::Int(PROTOCOL_VERSION) {
-        return Err(TorchError::NotLegacy(format!(
-            "unsupported protocol version {:?}",
-            version.value
-        )));
-    }
-    let sys_info = Vm::new(bytes, version.vm.pos).run()?;
-    if sys_info.vm.dict_get(&sys_info.value, "little_endian") != Some(&Value::Bool(true)) {
-        return Err(TorchError::Malformed(
-            "checkpoint is not little-endian".into(),
-        ));
-    }
-    let state = Vm::new(bytes, sys_info.vm.pos).run()?;
-    let keys = Vm::new(bytes, state.vm.pos).run()?;
-    let mut pos = keys.vm.pos;
-    let keys = keys
-        .vm
-        .str_list(&keys.value)
-        .ok_or_else(|| malformed("storage key list is not a list of strings"))?;
-    let storages = read_storages(bytes, &mut pos, &state.vm, &keys)?;
-    collect_tensors(&state.vm, &state.value, &storages)
-}
-
-fn malformed(msg: impl Into<String>) -> TorchError {
-    TorchError::Malformed(msg.into())
-}
-
-/// Reads the raw storages that follow the pickles, in the order of the key list.
-fn read_storages<'a>(
-    bytes: &'a [u8],
-    pos: &mut usize,
-    vm: &Vm,
-    keys: &[Rc<str>],
-) -> Result<Storages<'a>> {
-    let mut out = HashMap::new();
-    for key in keys {
-        let decl = vm
-            .storages
-            .get(key)
-            .ok_or_else(|| malformed(format!("storage {key} is not used by any tensor")))?;
-        let count_bytes = bytes
-            .get(*pos..pos.saturating_add(8))
-            .ok_or(TorchError::Truncated("storage header"))?;
-        let count = u64::from_le_bytes(count_bytes.try_into().expect("8 bytes"));
-        *pos += 8;
-        if count != decl.numel as u64 {
-            return Err(malformed(format!(
-                "storage {key}: {count} elements on disk, {} declared",
-                decl.numel
-            )));
-        }
-        let len = decl
-            .numel
-            .checked_mul(decl.dtype.size())
-            .ok_or_else(|| malformed("storage size overflows"))?;
-        let end = pos
-            .checked_add(len)
-            .ok_or_else(|| malformed("storage size overflows"))?;
-        let data = bytes
-            .get(*pos..end)
-            .ok_or(TorchError::Truncated("storage data"))?;
-        *pos = end;
-        if out.insert(key.clone(), (decl.dtype, data)).is_some() {
-            return Err(malformed(format!("storage {key} listed twice")));
-        }
-    }
-    Ok(out)
-}
-
-fn collect_tensors(vm: &Vm, root: &Value, storages: &Storages) -> Result<BTreeMap<String, Tensor>> {
-    let mut dict = vm
-        .dict(root)
-        .ok_or_else(|| malformed("the checkpoint is not a dict"))?;
-    if let Some(inner) = vm.dict_get(root, "state_dict") {
-        dict = vm
-            .dict(inner)
-            .ok_or_else(|| malformed("state_dict is not a dict"))?;
-    }
-    // Tensors may share storages (tied weights) or broadcast with stride 0; bound what we expand.
-    let stored: usize = storages.values().map(|(t, b)| b.len() / t.size()).sum();
-    let mut budget = stored.saturating_mul(4).saturating_add(1 << 20);
-    let mut out = BTreeMap::new();
-    for (k, v) in dict {
-        let Value::Str(name) = k else {
-            return Err(malformed("state dict key is not a string"));
-        };
-        let Value::Obj(id) = v else { continue };
-        let Obj::Tensor(t) = &vm.objects[*id] else {
-            continue;
-        };
-        let tensor = materialize(t, vm, storages, &mut budget)
-            .map_err(|e| malformed(format!("tensor {name}: {e}")))?;
-        out.insert(name.to_string(), tensor);
-    }
-    Ok(out)
-}
-
-/// Copies a (possibly strided, offset) view out of its storage into a dense row-major tensor.
-fn materialize(
-    t: &TensorRef,
-    vm: &Vm,
-    storages: &Storages,
-    budget: &mut usize,
-) -> std::result::Result<Tensor, String> {
-    let decl = vm.storages.get(&t.storage).ok_or("unknown storage")?;
-    let (dtype, bytes) = *storages
-        .get(&decl.root)
-        .ok_or_else(|| format!("storage {} has no data", decl.root))?;
-    let storage_len = bytes.len() / dtype.size();
-    // The view a tensor sees: [base, base + view_len) of the root storage.
-    let (base, view_len) = match decl.view {
-        Some((offset, size)) => (offset, size),
-        None => (0, storage_len),
-    };
-    if base
-        .checked_add(view_len)
-        .is_none_or(|end| end > storage_len)
-    {
-        return Err("storage view out of bounds".into());
-    }
-    let numel = t
-        .size
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or("size overflows")?;
-    *budget = budget
-        .checked_sub(numel)
-        .ok_or("tensors expand to far more elements than stored")?;
-    if numel > 0 {
-        let mut last = t.offset;
-        for (&d, &s) in t.size.iter().zip(&t.stride) {
-            last = (d - 1)
-                .checked_mul(s)
-                .and_then(|x| x.checked_add(last))
-                .ok_or("stride overflows")?;
-        }
-        if last >= view_len {
-            return Err(format!(
-                "view reaches element {last} of a {view_len}-element storage"
-            ));
-        }
-    }
-    let mut data = Vec::with_capacity(numel);
-    let mut index = vec![0usize; t.size.len()];
-    for _ in 0..numel {
-        let at = t.offset
-            + index
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, s)| i * s)
-                .sum::<usize>();
-        data.push(dtype.read_f32(bytes, base + at));
-        for axis in (0..index.len()).rev() {
-            index[axis] += 1;
-            if index[axis] < t.size[axis] {
-                break;
-            }
-            index[axis] = 0;
-        }
-    }
-    Ok(Tensor {
-        shape: t.size.clone(),
-        data,
-        dtype,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// The pickle VM
+type Result<T> = std::result::Result<T, PickleError>;
 
 /// A pickle value. Compound values live in the VM's arena ([`Obj`]) and are referred to by index.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
+pub(super) enum Value {
     None,
     Bool(bool),
     Int(i64),
@@ -334,8 +58,9 @@ enum Value {
     Obj(usize),
 }
 
+/// A compound value in the VM's arena.
 #[derive(Debug)]
-enum Obj {
+pub(super) enum Obj {
     Tuple(Vec<Value>),
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
@@ -348,42 +73,47 @@ enum Obj {
     Tensor(TensorRef),
 }
 
+/// A tensor as `_rebuild_tensor_v2` describes it: a strided view of a storage, in elements.
 #[derive(Debug)]
-struct TensorRef {
-    storage: Rc<str>,
-    offset: usize,
-    size: Vec<usize>,
-    stride: Vec<usize>,
+pub(super) struct TensorRef {
+    pub(super) storage: Rc<str>,
+    pub(super) offset: usize,
+    pub(super) size: Vec<usize>,
+    pub(super) stride: Vec<usize>,
 }
 
 /// What a persistent id declared about a storage.
 #[derive(Debug)]
-struct StorageDecl {
-    dtype: DType,
+pub(super) struct StorageDecl {
+    pub(super) dtype: DType,
     /// Key of the storage whose bytes are on disk (differs from the key for legacy views).
-    root: Rc<str>,
-    numel: usize,
+    pub(super) root: Rc<str>,
+    pub(super) numel: usize,
     /// `(offset, size)` of a view into `root`, in elements.
-    view: Option<(usize, usize)>,
+    pub(super) view: Option<(usize, usize)>,
 }
 
-struct Vm<'a> {
+/// The VM over one pickle, starting at `pos` of the whole file; after a run it holds the arena
+/// the value refers to and the storages the pickle declared.
+pub(super) struct Vm<'a> {
     bytes: &'a [u8],
-    pos: usize,
+    /// Where the next opcode is read; after a run, the first byte after the pickle.
+    pub(super) pos: usize,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
-    objects: Vec<Obj>,
-    storages: HashMap<Rc<str>, StorageDecl>,
+    pub(super) objects: Vec<Obj>,
+    pub(super) storages: HashMap<Rc<str>, StorageDecl>,
 }
 
-struct Loaded<'a> {
-    value: Value,
-    vm: Vm<'a>,
+/// A pickle's value and the VM that holds what it refers to.
+pub(super) struct Loaded<'a> {
+    pub(super) value: Value,
+    pub(super) vm: Vm<'a>,
 }
 
 impl<'a> Vm<'a> {
-    fn new(bytes: &'a [u8], pos: usize) -> Self {
+    pub(super) fn new(bytes: &'a [u8], pos: usize) -> Self {
         Vm {
             bytes,
             pos,
@@ -395,8 +125,8 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn err(&self, msg: impl Into<String>) -> TorchError {
-        TorchError::Pickle {
+    fn err(&self, msg: impl Into<String>) -> PickleError {
+        PickleError::Malformed {
             pos: self.pos,
             msg: msg.into(),
         }
@@ -406,11 +136,11 @@ impl<'a> Vm<'a> {
         let end = self
             .pos
             .checked_add(n)
-            .ok_or(TorchError::Truncated("pickle"))?;
+            .ok_or(PickleError::Truncated("pickle"))?;
         let s = self
             .bytes
             .get(self.pos..end)
-            .ok_or(TorchError::Truncated("pickle"))?;
+            .ok_or(PickleError::Truncated("pickle"))?;
         self.pos = end;
         Ok(s)
     }
@@ -435,11 +165,11 @@ impl<'a> Vm<'a> {
         let rest = self
             .bytes
             .get(self.pos..)
-            .ok_or(TorchError::Truncated("pickle"))?;
+            .ok_or(PickleError::Truncated("pickle"))?;
         let n = rest
             .iter()
             .position(|&b| b == b'\n')
-            .ok_or(TorchError::Truncated("pickle line"))?;
+            .ok_or(PickleError::Truncated("pickle line"))?;
         let s = std::str::from_utf8(&rest[..n]).map_err(|_| self.err("non-UTF-8 text line"))?;
         self.pos += n + 1;
         Ok(s)
@@ -538,7 +268,8 @@ impl<'a> Vm<'a> {
         self.push(v)
     }
 
-    fn run(mut self) -> Result<Loaded<'a>> {
+    /// Runs the pickle up to its `STOP`.
+    pub(super) fn run(mut self) -> Result<Loaded<'a>> {
         loop {
             let at = self.pos;
             let op = self.u8()?;
@@ -744,7 +475,7 @@ impl<'a> Vm<'a> {
                     self.pop()?;
                     self.top()?;
                 }
-                _ => return Err(TorchError::UnsupportedOpcode { op, pos: at }),
+                _ => return Err(PickleError::UnsupportedOpcode { op, pos: at }),
             }
         }
     }
@@ -786,7 +517,7 @@ impl<'a> Vm<'a> {
                 .first()
                 .cloned()
                 .ok_or_else(|| self.err("_rebuild_parameter without arguments")),
-            _ => Err(TorchError::UnsupportedCallable(format!("{module}.{name}"))),
+            _ => Err(PickleError::UnsupportedCallable(format!("{module}.{name}"))),
         }
     }
 
@@ -921,7 +652,7 @@ impl<'a> Vm<'a> {
 
     // Accessors used after the run.
 
-    fn dict(&self, v: &Value) -> Option<&[(Value, Value)]> {
+    pub(super) fn dict(&self, v: &Value) -> Option<&[(Value, Value)]> {
         match v {
             Value::Obj(i) => match &self.objects[*i] {
                 Obj::Dict(d) => Some(d),
@@ -931,14 +662,14 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn dict_get(&self, v: &Value, key: &str) -> Option<&Value> {
+    pub(super) fn dict_get(&self, v: &Value, key: &str) -> Option<&Value> {
         self.dict(v)?
             .iter()
             .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
             .map(|(_, v)| v)
     }
 
-    fn str_list(&self, v: &Value) -> Option<Vec<Rc<str>>> {
+    pub(super) fn str_list(&self, v: &Value) -> Option<Vec<Rc<str>>> {
         let Value::Obj(i) = v else { return None };
         let Obj::List(items) = &self.objects[*i] else {
             return None;
@@ -975,14 +706,6 @@ fn long_value(b: &[u8]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn half_floats() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert!(f16_to_f32(0x7c00).is_infinite());
-    }
 
     #[test]
     fn longs() {
