@@ -4,7 +4,8 @@
 //! state dict itself (tensors refer to storages through persistent ids), the list of storage keys,
 //! and then the raw storages in that order (each an 8-byte little-endian element count followed by
 //! the little-endian data). This file reads that sequence and copies the tensors out of their
-//! storages; [`pickle`] runs each pickle. A malformed file gives a [`TorchError`], never a panic.
+//! storages; the VM in `pickle.rs` runs each pickle. A malformed file gives a [`TorchError`],
+//! never a panic.
 
 mod dtype;
 mod pickle;
