@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use lookalike::model::import;
-use lookalike::samples;
+use lookalike::{samples, task};
 
+use super::common::{IndexLocation, ModelLocation, DEFAULT_CACHE};
 use super::indexing::{self, IndexArgs};
 use super::search::{self, QueryArgs};
-use super::{IndexLocation, ModelLocation, DEFAULT_CACHE};
 
 /// The labelled photo set shipped beside the repository (used when present).
 pub const SHARED_PHOTOS: &str = "../shared/datasets/clothing-small";
@@ -36,7 +36,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.model.model.display()
         );
         let out = args.model.model.clone();
-        let card = tokio::task::spawn_blocking(move || {
+        let card = task::blocking(move || {
             import::import(
                 "efficientnet-lite0",
                 &out,
@@ -56,7 +56,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 samples::PACKAGE
             );
             let dest = Path::new(DEFAULT_CACHE).join("samples");
-            tokio::task::spawn_blocking(move || {
+            task::blocking(move || {
                 samples::sample_photos(&dest, &Path::new(DEFAULT_CACHE).join("pip"), None)
             })
             .await??

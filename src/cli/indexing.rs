@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use lookalike::catalog::{is_image_name, MetadataTable, IMAGE_EXTENSIONS};
 use lookalike::index::segment::BuildParams;
 use lookalike::ingest::{Ingester, Outcome};
 use lookalike::preprocess::Limits;
 
-use super::{open_source, IndexLocation, ModelLocation};
+use super::common::{image_bar, open_source, IndexLocation, ModelLocation};
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
@@ -64,14 +63,7 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
         },
     };
 
-    let bar = ProgressBar::new(objects.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} indexing [{bar:40}] {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = image_bar(objects.len() as u64, "indexing");
     let tick = bar.clone();
     let progress: lookalike::ingest::Progress = Arc::new(move |n| tick.inc(n));
 

@@ -7,7 +7,7 @@ use clap::Args;
 use lookalike::index::segment::BuildParams;
 use lookalike::index::writer::{self, CompactionPolicy};
 
-use super::IndexLocation;
+use super::common::IndexLocation;
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {

@@ -6,8 +6,9 @@ use clap::{Args, Subcommand};
 
 use lookalike::model::import::{self, VARIANTS};
 use lookalike::model::ModelCard;
+use lookalike::task;
 
-use super::{DEFAULT_CACHE, DEFAULT_MODEL};
+use super::common::{DEFAULT_CACHE, DEFAULT_MODEL};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
@@ -39,7 +40,7 @@ pub struct ImportArgs {
 pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Import(args) => {
-            let card = tokio::task::spawn_blocking(move || {
+            let card = task::blocking(move || {
                 import::import(
                     &args.variant,
                     &args.out,

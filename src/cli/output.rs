@@ -1,4 +1,4 @@
-//! Human-readable and JSON renderings shared by the subcommands.
+//! Human-readable and JSON renderings shared by the subcommands, and of a failed command's error.
 
 use lookalike::index::Snapshot;
 use lookalike::query::SearchResponse;
@@ -76,5 +76,43 @@ pub fn print_stats(snapshot: &Snapshot, location: &str) {
     println!("deletions  {}", m.deleted.len());
     for (c, n) in snapshot.categories() {
         println!("  {:<14} {n}", if c.is_empty() { "(none)" } else { &c });
+    }
+}
+
+/// A failed command's error on one line: each cause after the one before it, like anyhow's
+/// `{:#}`, but without the causes a message already shows (the library's errors include their
+/// source in their message).
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.is_empty() {
+            out = msg;
+        } else if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading {0}: {1}")]
+    struct Read(&'static str, #[source] std::io::Error);
+
+    #[test]
+    fn a_cause_the_message_shows_is_not_repeated() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Read("a.json", io)).context("loading the model");
+        assert_eq!(
+            error_report(&e),
+            "loading the model: reading a.json: disk on fire"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_report(&e), format!("{e:#}"));
     }
 }

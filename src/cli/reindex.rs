@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use lookalike::reindex::Reindexer;
 
-use super::{open_source, IndexLocation, ModelLocation};
+use super::common::{open_source, IndexLocation, ModelLocation};
 
 #[derive(Debug, Args)]
 pub struct ReindexArgs {

@@ -7,8 +7,8 @@ use clap::Args;
 use lookalike::preprocess::Limits;
 use lookalike::query;
 
+use super::common::{IndexLocation, ModelLocation};
 use super::output::{print_results, print_stats, stats_json};
-use super::{IndexLocation, ModelLocation};
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::preprocess::Limits;
 use lookalike::train::{self, Event, HeadConfig, Quality, TrainOptions, TrainReport};
 
-use super::{open_source, ModelLocation, DEFAULT_CACHE};
+use super::common::{open_source, ModelLocation, DEFAULT_CACHE};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
