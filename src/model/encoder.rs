@@ -324,10 +324,12 @@ impl Encoder {
         })
     }
 
+    /// The model card.
     pub fn card(&self) -> &ModelCard {
         &self.card
     }
 
+    /// The model's id (from its card).
     pub fn model_id(&self) -> &str {
         &self.card.id
     }

@@ -1,5 +1,6 @@
-//! Models: the model card, the encoder that runs an ONNX model, and the import of the default
-//! EfficientNet-Lite weights.
+//! Models: the model card, the encoder that runs an ONNX model, the import of the default
+//! EfficientNet-Lite weights (the torch checkpoint reader and the ONNX export) and the graph of a
+//! fine-tuned model.
 
 pub mod card;
 pub mod encoder;

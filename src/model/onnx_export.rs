@@ -6,8 +6,8 @@
 //! channels, kernels and expansion) is read from the weight shapes; only the stride of each stage's
 //! first block comes from the EfficientNet-B0 table, and the kernel sizes are checked against it.
 //!
-//! Graph: `input` [N,3,H,W] (normalised) -> ... -> `embedding` [N,C] (global average pool of the
-//! head) and `logits` [N,classes] (the `_fc` layer).
+//! Graph: `input` `[N,3,H,W]` (normalised) -> ... -> `embedding` `[N,C]` (global average pool
+//! of the head) and `logits` `[N,classes]` (the `_fc` layer).
 
 use std::collections::{BTreeMap, BTreeSet};
 
