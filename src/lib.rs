@@ -14,8 +14,10 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod digest;
 pub mod index;
 pub mod ingest;
+pub mod lambda;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;

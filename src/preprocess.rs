@@ -7,7 +7,7 @@
 //! - [`decode_scaled`] does the same but lets big JPEGs be decoded at 1/2, 1/4 or 1/8 scale
 //!   (DCT-domain downscaling) when the caller needs far fewer pixels; [`preprocess`] uses it.
 //! - [`to_tensor`] resizes (SIMD, `fast_image_resize`), crops, normalises and lays out the pixels as
-//!   the [`ModelCard`] asks.
+//!   the model card ([`TensorSpec`]) asks.
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,7 +15,64 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
-use crate::model::card::{Layout, ModelCard, ResizeRule};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{env_or, ConfigError};
+
+/// The encoder's input tensor: one RGB image of `width` x `height`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// ONNX input name.
+    pub name: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Order of the axes.
+    pub layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Layout {
+    /// Batch, channels, height, width (PyTorch's order).
+    Nchw,
+    /// Batch, height, width, channels (TensorFlow's order).
+    Nhwc,
+}
+
+/// How an image of any size is brought to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ResizeRule {
+    /// Resize the shorter side to `size / crop_fraction` (keeping aspect), then centre-crop `size`.
+    ShorterSideCenterCrop {
+        /// The part of the shorter side the crop keeps, in (0, 1].
+        crop_fraction: f32,
+    },
+    /// Stretch to the input size, ignoring aspect ratio.
+    Stretch,
+}
+
+/// Per-channel normalisation of 0..=255 pixel values: `(x - mean) / std`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalize {
+    /// Subtracted from each channel (R, G, B).
+    pub mean: [f32; 3],
+    /// Then divided by, per channel.
+    pub std: [f32; 3],
+}
+
+/// The encoder input an image is turned into: its geometry, how an image is brought to it and the
+/// normalisation of the pixel values. A model card is one ([`crate::model::ModelCard`]).
+pub trait TensorSpec {
+    /// Input tensor geometry.
+    fn input(&self) -> &InputSpec;
+    /// How an arbitrary image is brought to the input size.
+    fn resize(&self) -> ResizeRule;
+    /// Per-channel normalisation of 0..=255 pixel values.
+    fn normalize(&self) -> &Normalize;
+}
 
 /// Smallest accepted side, in pixels. Anything narrower or lower (a 1x1 tracking pixel, a 1000x4
 /// strip) carries no usable visual content for an image encoder and is refused as
@@ -35,6 +92,21 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Upper bound on what a decoder may allocate, in bytes.
     pub max_alloc: u64,
+}
+
+impl Limits {
+    /// `base` with what the environment overrides: `LOOKALIKE_MAX_IMAGE_BYTES`,
+    /// `LOOKALIKE_MAX_PIXELS` and `LOOKALIKE_MAX_SIDE` (both sides).
+    pub fn from_env(base: Limits) -> Result<Limits, ConfigError> {
+        let side: u32 = env_or("LOOKALIKE_MAX_SIDE", base.max_width.max(base.max_height))?;
+        Ok(Limits {
+            max_bytes: env_or("LOOKALIKE_MAX_IMAGE_BYTES", base.max_bytes)?,
+            max_pixels: env_or("LOOKALIKE_MAX_PIXELS", base.max_pixels)?,
+            max_width: side,
+            max_height: side,
+            ..base
+        })
+    }
 }
 
 impl Default for Limits {
@@ -354,9 +426,9 @@ fn jpeg_scaled(
 /// The smallest decoded size (width, height) that preprocessing for `card` needs without losing
 /// detail: the input size for [`ResizeRule::Stretch`], and for a centre crop a square whose side
 /// is the resized shorter side (`size / crop_fraction`).
-pub fn needed_size(card: &ModelCard) -> (u32, u32) {
-    let (w, h) = (card.input.width, card.input.height);
-    match card.resize {
+pub fn needed_size(card: &(impl TensorSpec + ?Sized)) -> (u32, u32) {
+    let (w, h) = (card.input().width, card.input().height);
+    match card.resize() {
         ResizeRule::Stretch => (w, h),
         ResizeRule::ShorterSideCenterCrop { crop_fraction } => {
             let side = (w.max(h) as f32 / crop_fraction).ceil() as u32;
@@ -366,13 +438,16 @@ pub fn needed_size(card: &ModelCard) -> (u32, u32) {
 }
 
 /// Number of f32 values in the input tensor of one image.
-pub fn tensor_len(card: &ModelCard) -> usize {
-    3 * card.input.width as usize * card.input.height as usize
+pub fn tensor_len(card: &(impl TensorSpec + ?Sized)) -> usize {
+    3 * card.input().width as usize * card.input().height as usize
 }
 
 /// Resizes `img` to the card's input size and returns the normalised tensor of one image
 /// (`[3, H, W]` for NCHW, `[H, W, 3]` for NHWC, without the batch axis).
-pub fn to_tensor(img: &RgbImage, card: &ModelCard) -> Result<Vec<f32>, ImageError> {
+pub fn to_tensor(
+    img: &RgbImage,
+    card: &(impl TensorSpec + ?Sized),
+) -> Result<Vec<f32>, ImageError> {
     let mut out = vec![0f32; tensor_len(card)];
     to_tensor_into(img, card, &mut out)?;
     Ok(out)
@@ -382,7 +457,11 @@ pub fn to_tensor(img: &RgbImage, card: &ModelCard) -> Result<Vec<f32>, ImageErro
 ///
 /// # Panics
 /// If `out.len() != tensor_len(card)`.
-pub fn to_tensor_into(img: &RgbImage, card: &ModelCard, out: &mut [f32]) -> Result<(), ImageError> {
+pub fn to_tensor_into(
+    img: &RgbImage,
+    card: &(impl TensorSpec + ?Sized),
+    out: &mut [f32],
+) -> Result<(), ImageError> {
     assert_eq!(
         out.len(),
         tensor_len(card),
@@ -394,12 +473,15 @@ pub fn to_tensor_into(img: &RgbImage, card: &ModelCard, out: &mut [f32]) -> Resu
 }
 
 /// The crop (left, top, width, height) of a `sw` x `sh` source that ends up in the model input.
-fn crop_box(sw: u32, sh: u32, card: &ModelCard) -> (f64, f64, f64, f64) {
+fn crop_box(sw: u32, sh: u32, card: &(impl TensorSpec + ?Sized)) -> (f64, f64, f64, f64) {
     let (sw, sh) = (f64::from(sw), f64::from(sh));
-    match card.resize {
+    match card.resize() {
         ResizeRule::Stretch => (0.0, 0.0, sw, sh),
         ResizeRule::ShorterSideCenterCrop { crop_fraction } => {
-            let (dw, dh) = (f64::from(card.input.width), f64::from(card.input.height));
+            let (dw, dh) = (
+                f64::from(card.input().width),
+                f64::from(card.input().height),
+            );
             let cf = f64::from(crop_fraction);
             // Scale so that the output box, enlarged by 1/crop_fraction, just covers the image's
             // shorter side (for a square input: shorter side -> size / crop_fraction), then cut the
@@ -411,7 +493,7 @@ fn crop_box(sw: u32, sh: u32, card: &ModelCard) -> (f64, f64, f64, f64) {
     }
 }
 
-fn resize(img: &RgbImage, card: &ModelCard) -> Result<RgbImage, ImageError> {
+fn resize(img: &RgbImage, card: &(impl TensorSpec + ?Sized)) -> Result<RgbImage, ImageError> {
     let (sw, sh) = img.dimensions();
     if sw == 0 || sh == 0 {
         return Err(ImageError::TooSmall {
@@ -419,7 +501,7 @@ fn resize(img: &RgbImage, card: &ModelCard) -> Result<RgbImage, ImageError> {
             height: sh,
         });
     }
-    let (dw, dh) = (card.input.width, card.input.height);
+    let (dw, dh) = (card.input().width, card.input().height);
     let src = fr::images::ImageRef::new(sw, sh, img.as_raw(), fr::PixelType::U8x3)
         .map_err(|e| ImageError::Decode(format!("resize: {e}")))?;
     let mut dst = fr::images::Image::new(dw, dh, fr::PixelType::U8x3);
@@ -435,8 +517,8 @@ fn resize(img: &RgbImage, card: &ModelCard) -> Result<RgbImage, ImageError> {
         .ok_or_else(|| ImageError::Decode("resize: bad buffer".into()))
 }
 
-fn normalize_into(img: &RgbImage, card: &ModelCard, out: &mut [f32]) {
-    let n = &card.normalize;
+fn normalize_into(img: &RgbImage, card: &(impl TensorSpec + ?Sized), out: &mut [f32]) {
+    let n = card.normalize();
     let mut lut = [[0f32; 256]; 3];
     for (c, table) in lut.iter_mut().enumerate() {
         for (v, slot) in table.iter_mut().enumerate() {
@@ -444,7 +526,7 @@ fn normalize_into(img: &RgbImage, card: &ModelCard, out: &mut [f32]) {
         }
     }
     let raw = img.as_raw();
-    match card.input.layout {
+    match card.input().layout {
         Layout::Nhwc => {
             for (i, (o, &v)) in out.iter_mut().zip(raw.iter()).enumerate() {
                 *o = lut[i % 3][v as usize];
@@ -464,7 +546,11 @@ fn normalize_into(img: &RgbImage, card: &ModelCard, out: &mut [f32]) {
 }
 
 /// Decodes `bytes` and turns them into the card's input tensor for one image.
-pub fn preprocess(bytes: &[u8], card: &ModelCard, limits: &Limits) -> Result<Vec<f32>, ImageError> {
+pub fn preprocess(
+    bytes: &[u8],
+    card: &(impl TensorSpec + ?Sized),
+    limits: &Limits,
+) -> Result<Vec<f32>, ImageError> {
     let img = decode_scaled(bytes, limits, Some(needed_size(card)))?;
     to_tensor(&img, card)
 }
@@ -472,7 +558,7 @@ pub fn preprocess(bytes: &[u8], card: &ModelCard, limits: &Limits) -> Result<Vec
 /// [`preprocess`] into a caller's buffer of [`tensor_len`] values.
 pub fn preprocess_into(
     bytes: &[u8],
-    card: &ModelCard,
+    card: &(impl TensorSpec + ?Sized),
     limits: &Limits,
     out: &mut [f32],
 ) -> Result<(), ImageError> {

@@ -36,9 +36,10 @@ use serde::Serialize;
 use crate::index::manifest::Manifest;
 use crate::index::segment::{BuildParams, ItemRecord};
 use crate::index::writer::{self, BuiltSegment};
-use crate::index::{Index, IndexError, ModelRef, Snapshot};
+use crate::index::{Index, IndexError, Snapshot};
 use crate::ingest::Progress;
 use crate::model::encoder::Encoder;
+use crate::model::ModelRef;
 use crate::preprocess::Limits;
 use crate::store::{
     self, get_object, DynStore, ObjectStore, S3Store, StoreError, FETCH_CONCURRENCY,

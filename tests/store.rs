@@ -362,7 +362,7 @@ async fn local_specifics() {
     std::fs::create_dir_all(root.join("cat/sub")).unwrap();
     std::fs::write(root.join("cat/sub/two.png"), b"png bytes").unwrap();
     let head = store.head("cat/sub/two.png").await.unwrap().unwrap();
-    assert_eq!(head.etag, lookalike::store::local::sha256_hex(b"png bytes"));
+    assert_eq!(head.etag, lookalike::digest::sha256_hex(b"png bytes"));
     // A directory is not an object.
     assert!(store.head("cat/sub").await.unwrap().is_none());
     assert!(matches!(
@@ -437,7 +437,7 @@ async fn local_specifics() {
         .unwrap();
     assert_eq!(
         opened.head("x/y").await.unwrap().unwrap().etag,
-        lookalike::store::local::sha256_hex(b"z")
+        lookalike::digest::sha256_hex(b"z")
     );
     let opened = lookalike::store::open(&format!("file://{}", root.display()))
         .await

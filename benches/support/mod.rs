@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lookalike::index::segment::{BuildParams, ItemRecord};
-use lookalike::index::{writer, Index, ModelRef};
+use lookalike::index::{writer, Index};
+use lookalike::model::ModelRef;
 use lookalike::store::{DynStore, LocalStore};
 use rand::rngs::StdRng;
 use rand::RngExt;

@@ -10,7 +10,7 @@ use tokio::sync::OnceCell;
 
 use super::request::{ApiRequest, Route, SearchInput, SearchParams};
 use super::{ApiError, ApiResponse, OPENAPI};
-use crate::config::{env_secs, limits_from_env, ConfigError};
+use crate::config::{env_secs, ConfigError};
 use crate::index::{Index, Snapshot};
 use crate::model::encoder::Encoder;
 use crate::preprocess::Limits;
@@ -53,7 +53,7 @@ impl ServiceConfig {
         Ok(ServiceConfig {
             check_interval: env_secs("LOOKALIKE_CHECK_INTERVAL_SECS", d.check_interval)?,
             presign_ttl: env_secs("LOOKALIKE_PRESIGN_SECS", d.presign_ttl)?,
-            limits: limits_from_env(d.limits)?,
+            limits: Limits::from_env(d.limits)?,
         })
     }
 }

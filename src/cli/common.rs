@@ -41,10 +41,7 @@ impl IndexLocation {
     /// Open the index; with `encoder`, refuse an index built with another model.
     pub async fn open(&self, encoder: Option<&Encoder>) -> anyhow::Result<Index> {
         let store = store::open(&self.index).await?;
-        let model = encoder.map(|e| lookalike::index::ModelRef {
-            id: e.model_id().to_string(),
-            dims: e.dims(),
-        });
+        let model = encoder.map(Encoder::model_ref);
         Ok(Index::open(store, &self.cache_dir(), model).await?)
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::manifest::{is_segment_name, segment_key, Manifest, SegmentEntry};
 use super::IndexError;
+use crate::digest::sha256_file;
 use crate::store::ObjectStore;
 
 /// How many times a segment whose download does not verify is fetched again.
@@ -115,10 +116,4 @@ fn file_len(path: &Path) -> Option<u64> {
         .ok()
         .filter(|m| m.is_file())
         .map(|m| m.len())
-}
-
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    crate::store::local::hash_reader(&mut file, None).map(|(_, hash)| hash)
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::ModelRef;
+
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_KEY: &str = "manifest.json";
@@ -27,12 +29,6 @@ pub struct Manifest {
     pub deleted: BTreeMap<String, u64>,
     /// The sequence number the next commit hands out.
     pub next_sequence: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelRef {
-    pub id: String,
-    pub dims: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

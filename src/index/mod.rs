@@ -16,10 +16,11 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use cache::{SegmentCache, SyncReport};
-pub use manifest::{Manifest, ManifestError, ModelRef, SegmentEntry, MANIFEST_KEY};
+pub use manifest::{Manifest, ManifestError, SegmentEntry, MANIFEST_KEY};
 pub use segment::{ItemRecord, Segment, SegmentError};
 pub use snapshot::{Hit, Snapshot};
 
+use crate::model::ModelRef;
 use crate::store::{DynStore, GetResult, StoreError};
 
 #[derive(Debug, thiserror::Error)]

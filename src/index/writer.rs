@@ -8,12 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rand::RngExt;
 
-use super::cache::sha256_file;
-use super::manifest::{
-    segment_key, Manifest, ModelRef, SegmentEntry, MANIFEST_KEY, SEGMENTS_PREFIX,
-};
+use super::manifest::{segment_key, Manifest, SegmentEntry, MANIFEST_KEY, SEGMENTS_PREFIX};
 use super::segment::{write_segment, BuildParams, ItemRecord};
 use super::{Index, IndexError};
+use crate::digest::sha256_file;
+use crate::model::ModelRef;
 use crate::store::{get_object, ObjectStore, StoreError};
 
 /// Attempts at a manifest compare-and-swap before giving up.

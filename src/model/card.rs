@@ -5,9 +5,24 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::preprocess::{InputSpec, Layout, Normalize, ResizeRule, TensorSpec};
+
+/// The model card's file name in a model folder.
 pub const CARD_FILE: &str = "model.json";
+/// The ONNX graph's file name in a model folder.
 pub const ONNX_FILE: &str = "encoder.onnx";
 
+/// What an index records of the model that built it: vectors from another model are not comparable,
+/// so an index refuses a model whose id or dimensions differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// The model card's id.
+    pub id: String,
+    /// Embedding dimensions.
+    pub dims: usize,
+}
+
+/// A model folder's `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {
     /// Stable identifier recorded in every index built with this model, e.g.
@@ -35,6 +50,7 @@ pub struct ModelCard {
     /// Where the weights came from.
     #[serde(default)]
     pub source: String,
+    /// The weights' license.
     #[serde(default)]
     pub license: String,
     /// Ids of the models this one was derived from (fine-tuning), oldest first.
@@ -49,56 +65,78 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InputSpec {
-    /// ONNX input name.
-    pub name: String,
-    pub width: u32,
-    pub height: u32,
-    pub layout: Layout,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Layout {
-    Nchw,
-    Nhwc,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub enum ResizeRule {
-    /// Resize the shorter side to `size / crop_fraction` (keeping aspect), then centre-crop `size`.
-    ShorterSideCenterCrop { crop_fraction: f32 },
-    /// Stretch to the input size, ignoring aspect ratio.
-    Stretch,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Normalize {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
+/// How a spatial output becomes one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pooling {
+    /// The output is the vector already.
     #[default]
     None,
+    /// Mean over the spatial axes.
     Mean,
 }
 
+/// A model card that cannot be read, parsed or used.
 #[derive(Debug, thiserror::Error)]
 pub enum CardError {
+    /// The file cannot be read or written.
     #[error("cannot read model card {0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// The file is not a model card.
     #[error("invalid model card {0}: {1}")]
     Parse(String, #[source] serde_json::Error),
+    /// The card's values are unusable.
     #[error("invalid model card {0}: {1}")]
-    Invalid(String, String),
+    Invalid(String, #[source] InvalidCard),
+}
+
+/// What makes a model card unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidCard {
+    /// The id is empty.
+    #[error("empty id")]
+    EmptyId,
+    /// A side of the input is outside 8..=4096 pixels.
+    #[error("input size {width}x{height} out of range")]
+    InputSize {
+        /// Input width.
+        width: u32,
+        /// Input height.
+        height: u32,
+    },
+    /// The embedding size is 0 or over 65536.
+    #[error("dims {0} out of range")]
+    Dims(usize),
+    /// A normalisation divisor is 0 or not finite.
+    #[error("normalize.std must be finite and non-zero")]
+    Std,
+    /// The centre crop's fraction is outside (0, 1].
+    #[error("crop_fraction {0} must be in (0, 1]")]
+    CropFraction(f32),
+}
+
+impl TensorSpec for ModelCard {
+    fn input(&self) -> &InputSpec {
+        &self.input
+    }
+    fn resize(&self) -> ResizeRule {
+        self.resize
+    }
+    fn normalize(&self) -> &Normalize {
+        &self.normalize
+    }
 }
 
 impl ModelCard {
+    /// What an index built with this model records: its id and dimensions.
+    pub fn model_ref(&self) -> ModelRef {
+        ModelRef {
+            id: self.id.clone(),
+            dims: self.dims,
+        }
+    }
+
+    /// Reads and checks `dir/model.json`.
     pub fn load(dir: &Path) -> Result<Self, CardError> {
         let path = dir.join(CARD_FILE);
         let shown = path.display().to_string();
@@ -109,24 +147,26 @@ impl ModelCard {
         Ok(card)
     }
 
+    /// Writes `dir/model.json`.
     pub fn save(&self, dir: &Path) -> Result<(), CardError> {
         let path = dir.join(CARD_FILE);
         let text = serde_json::to_string_pretty(self).expect("card serialises");
         std::fs::write(&path, text + "\n").map_err(|e| CardError::Io(path.display().to_string(), e))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the values can be used.
+    pub fn validate(&self) -> Result<(), InvalidCard> {
         if self.id.trim().is_empty() {
-            return Err("empty id".into());
+            return Err(InvalidCard::EmptyId);
         }
         if !(8..=4096).contains(&self.input.width) || !(8..=4096).contains(&self.input.height) {
-            return Err(format!(
-                "input size {}x{} out of range",
-                self.input.width, self.input.height
-            ));
+            return Err(InvalidCard::InputSize {
+                width: self.input.width,
+                height: self.input.height,
+            });
         }
         if self.dims == 0 || self.dims > 65536 {
-            return Err(format!("dims {} out of range", self.dims));
+            return Err(InvalidCard::Dims(self.dims));
         }
         if self
             .normalize
@@ -134,11 +174,11 @@ impl ModelCard {
             .iter()
             .any(|s| !s.is_finite() || *s == 0.0)
         {
-            return Err("normalize.std must be finite and non-zero".into());
+            return Err(InvalidCard::Std);
         }
         if let ResizeRule::ShorterSideCenterCrop { crop_fraction } = self.resize {
             if !(crop_fraction > 0.0 && crop_fraction <= 1.0) {
-                return Err(format!("crop_fraction {crop_fraction} must be in (0, 1]"));
+                return Err(InvalidCard::CropFraction(crop_fraction));
             }
         }
         Ok(())

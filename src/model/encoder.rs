@@ -13,7 +13,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use tract_onnx::prelude::*;
 
-use crate::model::card::{CardError, Layout, ModelCard, Pooling, CARD_FILE, ONNX_FILE};
+use crate::model::card::{CardError, Layout, ModelCard, ModelRef, Pooling, CARD_FILE, ONNX_FILE};
 use crate::preprocess::{self, ImageError, Limits};
 
 /// tract's error (an `anyhow::Error`, which is not a `std::error::Error`) boxed so that it can be
@@ -334,15 +334,12 @@ impl Encoder {
         &self.card.id
     }
 
-    /// Embedding dimensions.
     /// What an index built with this encoder records: the model id and the dims.
-    pub fn model_ref(&self) -> crate::index::ModelRef {
-        crate::index::ModelRef {
-            id: self.model_id().to_string(),
-            dims: self.dims(),
-        }
+    pub fn model_ref(&self) -> ModelRef {
+        self.card.model_ref()
     }
 
+    /// Embedding dimensions.
     pub fn dims(&self) -> usize {
         self.card.dims
     }

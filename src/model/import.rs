@@ -108,7 +108,7 @@ pub enum ImportError {
     },
     /// The model card made for the converted model does not validate.
     #[error("generated model card is invalid: {0}")]
-    InvalidCard(String),
+    InvalidCard(#[source] crate::model::card::InvalidCard),
     /// The model card could not be serialised.
     #[error("cannot serialise the model card: {0}")]
     CardJson(#[source] serde_json::Error),

@@ -9,4 +9,4 @@ pub mod import;
 pub mod onnx_export;
 pub mod torch;
 
-pub use card::{Layout, ModelCard, Normalize, Pooling, ResizeRule, CARD_FILE, ONNX_FILE};
+pub use card::{Layout, ModelCard, ModelRef, Normalize, Pooling, ResizeRule, CARD_FILE, ONNX_FILE};

@@ -27,7 +27,7 @@
 //! - All filesystem work runs on tokio's blocking pool, never on the async workers.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -35,7 +35,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
+
+use crate::digest::{copy_hashing, hash_reader, sha256_hex};
 
 use super::{validate_key, GetResult, Object, ObjectMeta, ObjectStore, StoreError, StoreResult};
 
@@ -46,7 +47,6 @@ const TMP_DIR: &str = "tmp";
 const TMP_PREFIX: &str = "put-";
 /// Temp files older than this are leftovers of a crashed writer and are removed on open.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
-const COPY_BUF: usize = 1 << 20;
 
 /// A store in a local directory. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -410,44 +410,12 @@ impl ObjectStore for LocalStore {
     }
 }
 
-/// Hex SHA-256 of a byte slice: the local store's etag.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// Accept etags as S3 prints them (`"abc"`, `W/"abc"`) as well as bare.
 fn normalize_etag(etag: &str) -> String {
     etag.trim()
         .trim_start_matches("W/")
         .trim_matches('"')
         .to_ascii_lowercase()
-}
-
-/// Read `r` to the end, hashing it (sha256, hex); optionally keep the bytes. Returns (size, hash).
-pub fn hash_reader(r: &mut impl Read, keep: Option<&mut Vec<u8>>) -> io::Result<(u64, String)> {
-    match keep {
-        Some(buf) => copy_hashing(r, buf),
-        None => copy_hashing(r, &mut io::sink()),
-    }
-}
-
-/// Copy `r` into `w`, hashing what passes (sha256, hex). Returns (size, hash).
-fn copy_hashing(r: &mut impl Read, w: &mut impl Write) -> io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut size = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        w.write_all(&buf[..n])?;
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// `a/b/c` relative path -> `"a/b/c"`; `None` for names that are not UTF-8.

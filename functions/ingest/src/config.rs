@@ -1,6 +1,7 @@
 //! The function's configuration, from the environment.
 
-use lookalike::config::{limits_from_env, ConfigError, FunctionEnv};
+use lookalike::config::ConfigError;
+use lookalike::lambda::FunctionEnv;
 use lookalike::preprocess::Limits;
 
 /// Segment cache in the function's ephemeral storage.
@@ -18,7 +19,7 @@ impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         Ok(Config {
             env: FunctionEnv::from_env(DEFAULT_CACHE)?,
-            limits: limits_from_env(Limits::default())?,
+            limits: Limits::from_env(Limits::default())?,
         })
     }
 }

@@ -64,6 +64,17 @@ pub struct Summary {
     pub times_ms: StageMs,
 }
 
+/// Why an invocation answers the runtime with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// A direct invocation did not commit everything (Lambda retries it); the message says what.
+    #[error("{0}")]
+    Failed(String),
+    /// The response could not be serialised.
+    #[error("cannot serialise the response: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
 /// What an invocation produced.
 #[derive(Debug, Clone)]
 pub struct Handled {
@@ -77,7 +88,7 @@ pub struct Handled {
 
 impl Handled {
     /// The invocation's response: the SQS partial batch response, or a summary.
-    pub fn response(&self) -> Result<Value, String> {
+    pub fn response(&self) -> Result<Value, ResponseError> {
         match self.delivery {
             Delivery::Sqs => {
                 let mut r = SqsBatchResponse::default();
@@ -86,11 +97,11 @@ impl Handled {
                     f.item_identifier = id.clone();
                     r.batch_item_failures.push(f);
                 }
-                serde_json::to_value(r).map_err(|e| e.to_string())
+                Ok(serde_json::to_value(r)?)
             }
             Delivery::Direct => match &self.error {
-                Some(e) => Err(e.clone()),
-                None => serde_json::to_value(&self.summary).map_err(|e| e.to_string()),
+                Some(e) => Err(ResponseError::Failed(e.clone())),
+                None => Ok(serde_json::to_value(&self.summary)?),
             },
         }
     }

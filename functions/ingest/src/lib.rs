@@ -10,23 +10,35 @@ pub mod config;
 pub mod events;
 pub mod handler;
 
-pub use handler::{Handled, IngestFunction, StageMs, Summary};
+pub use handler::{Handled, IngestFunction, ResponseError, StageMs, Summary};
 
 use std::sync::Arc;
 
-use lookalike::store;
+use lookalike::lambda::InitError as CommonInitError;
+use lookalike::store::{self, StoreError};
+
+/// Why the ingest function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The configuration, the model or the index's store.
+    #[error(transparent)]
+    Common(#[from] CommonInitError),
+    /// No S3 client for the images could be made (with a local index, in tests).
+    #[error("cannot create the S3 client for the images: {0}")]
+    Images(#[source] StoreError),
+}
 
 /// The init phase: configuration checked, model loaded, S3 client created. The index itself is
 /// opened on the first invocation (a store outage then fails invocations, which are retried,
 /// rather than the container).
-pub async fn init(config: &config::Config) -> Result<IngestFunction, String> {
+pub async fn init(config: &config::Config) -> Result<IngestFunction, InitError> {
     let (encoder, index_store) = config.env.load().await?;
     let s3 = match index_store.s3_client() {
         Some(c) => c,
         // A local index (testing): the images still come from S3.
         None => store::S3Store::from_env("images", "")
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(InitError::Images)?
             .client()
             .clone(),
     };

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lookalike::config::init_lambda_logging();
+    lookalike::lambda::init_logging();
     let start = Instant::now();
     let config = Config::from_env()?;
     let function = Arc::new(lookalike_ingest::init(&config).await?);

@@ -1,7 +1,8 @@
 //! The function's configuration, from the environment.
 
 use lookalike::api::ServiceConfig;
-use lookalike::config::{ConfigError, FunctionEnv};
+use lookalike::config::ConfigError;
+use lookalike::lambda::FunctionEnv;
 
 /// Segment cache in the function's ephemeral storage.
 pub const DEFAULT_CACHE: &str = "/tmp/lookalike/query";

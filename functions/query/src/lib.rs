@@ -34,7 +34,9 @@ pub struct InitReport {
 
 /// The init phase: load the model, create the S3 client and sync the first snapshot. Only a bad
 /// configuration or model fails it; an unreachable index is reported and retried per request.
-pub async fn init(config: &config::Config) -> Result<(QueryService, InitReport), String> {
+pub async fn init(
+    config: &config::Config,
+) -> Result<(QueryService, InitReport), lookalike::lambda::InitError> {
     let start = Instant::now();
     let (encoder, index_store) = config.env.load().await?;
     let model_ms = start.elapsed().as_secs_f64() * 1e3;

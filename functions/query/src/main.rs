@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lookalike::config::init_lambda_logging();
+    lookalike::lambda::init_logging();
     let config = Config::from_env()?;
     let (service, report) = lookalike_query::init(&config).await?;
     match &report.snapshot_error {
