@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::catalog::{category_of, MetadataTable};
@@ -15,11 +15,10 @@ use crate::index::writer::{self, Commit};
 use crate::index::{Index, IndexError, ItemRecord};
 use crate::model::encoder::Encoder;
 use crate::model::ModelRef;
+use crate::pipeline::{self, Job};
 use crate::preprocess::Limits;
-use crate::store::{get_object, DynStore, ObjectMeta, StoreError, StoreResult, FETCH_CONCURRENCY};
-
-/// Images fetched and encoded together; bounds the memory held by raw image bytes.
-const CHUNK: usize = 64;
+use crate::store::{DynStore, Object, ObjectMeta, StoreError, StoreResult, FETCH_CONCURRENCY};
+use crate::task;
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -198,9 +197,23 @@ impl Ingester {
 
         let mut items: Vec<(ItemRecord, Vec<f32>)> = Vec::with_capacity(todo.len());
         let mut vanished = Vec::new();
-        for chunk in todo.chunks(CHUNK) {
+        let jobs = todo.into_iter().map(|meta| Job {
+            key: meta.key.clone(),
+            store: self.source.clone(),
+            item: meta,
+        });
+        let mut chunks = pipeline::fetch_chunks(jobs.collect::<Vec<_>>(), pipeline::CHUNK);
+        loop {
+            // The pipeline fetches the next chunk while this one is encoded: what counts as fetch
+            // time is the wait for a chunk.
             let t = Instant::now();
-            let mut fetched = self.fetch(chunk).await;
+            let Some(chunk) = chunks.next().await else {
+                break;
+            };
+            let mut fetched: Vec<_> = chunk
+                .into_iter()
+                .map(|f| fetched(f.item, f.object))
+                .collect();
             times.fetch += t.elapsed();
             // The notification's ETag may be missing or stale: the fetched object's decides
             // whether this exact content is already indexed.
@@ -276,69 +289,28 @@ impl Ingester {
         })
     }
 
-    /// Fetch a chunk concurrently. The etag and user metadata of the fetched object win over the
-    /// event's (they describe the bytes we actually encode).
-    async fn fetch(
-        &self,
-        chunk: &[ObjectMeta],
-    ) -> Vec<(ObjectMeta, Result<bytes::Bytes, Outcome>)> {
-        stream::iter(chunk.iter().cloned())
-            .map(|meta| async move {
-                match get_object(self.source.as_ref(), &meta.key).await {
-                    Ok(o) => {
-                        let mut m = o.meta;
-                        if m.metadata.is_empty() {
-                            m.metadata = meta.metadata;
-                        }
-                        (m, Ok(o.bytes))
-                    }
-                    // Deleted since the notification: the deletion is what to index.
-                    Err(StoreError::NotFound(_)) => (meta, Err(Outcome::Deleted)),
-                    // An invalid key can never be fetched: refuse it for good.
-                    Err(e @ StoreError::InvalidKey(..)) => {
-                        let reason = e.to_string();
-                        (meta, Err(Outcome::Rejected { reason }))
-                    }
-                    Err(e) => {
-                        let reason = format!("cannot fetch: {e}");
-                        (meta, Err(Outcome::Failed { reason }))
-                    }
-                }
-            })
-            .buffered(FETCH_CONCURRENCY)
-            .collect()
-            .await
-    }
-
     async fn encode(
         &self,
-        fetched: Vec<(ObjectMeta, Result<bytes::Bytes, Outcome>)>,
+        fetched: Vec<(ObjectMeta, Result<Bytes, Outcome>)>,
         progress: Option<Progress>,
     ) -> Result<Vec<(ObjectMeta, Result<Vec<f32>, Outcome>)>, IndexError> {
         let encoder = self.encoder.clone();
         let limits = self.limits;
-        // Encoding is CPU-bound: run it on rayon's pool, off the async runtime.
-        let run = move || {
-            fetched
-                .into_par_iter()
-                .map(|(meta, bytes)| {
-                    let r = bytes.and_then(|b| {
-                        encoder
-                            .encode_image(&b, &limits)
-                            .map_err(|e| Outcome::Rejected {
-                                reason: e.to_string(),
-                            })
-                    });
-                    if let Some(p) = &progress {
-                        p(1);
-                    }
-                    (meta, r)
-                })
-                .collect::<Vec<_>>()
-        };
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| IndexError::Internal(e.to_string()))
+        // Encoding is CPU-bound: on all cores, off the async runtime.
+        Ok(task::par_map(fetched, move |(meta, bytes)| {
+            let r = bytes.and_then(|b| {
+                encoder
+                    .encode_image(&b, &limits)
+                    .map_err(|e| Outcome::Rejected {
+                        reason: e.to_string(),
+                    })
+            });
+            if let Some(p) = &progress {
+                p(1);
+            }
+            (meta, r)
+        })
+        .await?)
     }
 
     /// Keep the deletions whose object is really gone: a notification can arrive after the key
@@ -431,6 +403,31 @@ impl Ingester {
             etag: meta.etag,
             size: meta.size,
             metadata,
+        }
+    }
+}
+
+/// A fetched object as ingest sees it. The etag and user metadata of the fetched object win over
+/// the event's (they describe the bytes we actually encode); a failed fetch is the item's outcome.
+fn fetched(meta: ObjectMeta, object: StoreResult<Object>) -> (ObjectMeta, Result<Bytes, Outcome>) {
+    match object {
+        Ok(o) => {
+            let mut m = o.meta;
+            if m.metadata.is_empty() {
+                m.metadata = meta.metadata;
+            }
+            (m, Ok(o.bytes))
+        }
+        // Deleted since the notification: the deletion is what to index.
+        Err(StoreError::NotFound(_)) => (meta, Err(Outcome::Deleted)),
+        // An invalid key can never be fetched: refuse it for good.
+        Err(e @ StoreError::InvalidKey(..)) => {
+            let reason = e.to_string();
+            (meta, Err(Outcome::Rejected { reason }))
+        }
+        Err(e) => {
+            let reason = format!("cannot fetch: {e}");
+            (meta, Err(Outcome::Failed { reason }))
         }
     }
 }

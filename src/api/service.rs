@@ -16,6 +16,7 @@ use crate::model::encoder::Encoder;
 use crate::preprocess::Limits;
 use crate::query::{self, QueryTimings, SearchResponse};
 use crate::store::{DynStore, S3Store};
+use crate::task;
 
 /// Settings of the query service.
 #[derive(Debug, Clone)]
@@ -259,7 +260,7 @@ impl QueryService {
         let limits = self.config.limits;
         // Decoding and encoding are CPU-bound: off the async runtime. A panic in there becomes
         // a 500, not a dead process.
-        let found: SearchResponse = tokio::task::spawn_blocking(move || {
+        let found: SearchResponse = task::blocking(move || {
             let category = params.category.as_deref();
             match input {
                 SearchInput::Image(bytes) => {

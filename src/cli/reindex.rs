@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lookalike::reindex::Reindexer;
+use lookalike::reindex::{ReindexError, Reindexer};
 
 use super::common::{open_source, IndexLocation, ModelLocation};
 
@@ -59,7 +59,7 @@ pub async fn run(args: ReindexArgs) -> anyhow::Result<()> {
     });
     let result = reindexer.run(Some(progress)).await;
     bar.finish_and_clear();
-    let report = result?;
+    let report = result.map_err(with_flag_hint)?;
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -100,4 +100,20 @@ pub async fn run(args: ReindexArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The library's error, with what to do about it on this command line.
+fn with_flag_hint(e: ReindexError) -> anyhow::Error {
+    let hint = match &e {
+        ReindexError::SourceMissing { .. } => Some("give its new location with --source"),
+        ReindexError::SourceEmpty { .. } => Some(
+            "give the right source with --source; if the images were really deleted, \
+             remove them with `lookalike delete` first",
+        ),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow::anyhow!("{e} ({hint})"),
+        None => e.into(),
+    }
 }

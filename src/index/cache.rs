@@ -8,6 +8,7 @@ use super::manifest::{is_segment_name, segment_key, Manifest, SegmentEntry};
 use super::IndexError;
 use crate::digest::sha256_file;
 use crate::store::ObjectStore;
+use crate::task;
 
 /// How many times a segment whose download does not verify is fetched again.
 const DOWNLOAD_ATTEMPTS: usize = 3;
@@ -76,9 +77,8 @@ impl SegmentCache {
                 .into_temp_path();
             store.download_to(&segment_key(&entry.name), &tmp).await?;
             let tmp_path = tmp.to_path_buf();
-            let digest = tokio::task::spawn_blocking(move || sha256_file(&tmp_path))
-                .await
-                .map_err(|e| IndexError::Internal(e.to_string()))?
+            let digest = task::blocking(move || sha256_file(&tmp_path))
+                .await?
                 .map_err(|e| IndexError::Io(dest.display().to_string(), e))?;
             if digest == entry.sha256 {
                 tmp.persist(&dest)

@@ -59,6 +59,7 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The manifest of a new, empty index built with `model`.
     pub fn new(model: ModelRef) -> Self {
         Manifest {
             format: FORMAT_VERSION,
@@ -69,6 +70,24 @@ impl Manifest {
             deleted: BTreeMap::new(),
             next_sequence: 1,
         }
+    }
+
+    /// The manifest that replaces `old` with a rebuilt index (a reindex): `model`, only
+    /// `segments` (numbered in order), no deletions; one version after `old`, with sequence
+    /// numbers continuing from it.
+    pub fn successor(
+        old: &Manifest,
+        model: ModelRef,
+        segments: impl IntoIterator<Item = SegmentEntry>,
+    ) -> Manifest {
+        let mut manifest = Manifest::new(model);
+        manifest.next_sequence = old.next_sequence;
+        for mut entry in segments {
+            entry.sequence = manifest.bump();
+            manifest.segments.push(entry);
+        }
+        manifest.version = old.version + 1;
+        manifest
     }
 
     /// Parse and validate. The format version is checked before anything else so that a newer
@@ -208,5 +227,27 @@ mod tests {
         assert!(m.is_deleted("k", 1));
         assert!(!m.is_deleted("k", 2));
         assert!(!m.is_deleted("other", 1));
+    }
+
+    #[test]
+    fn a_successor_holds_only_the_new_segments_and_continues_the_numbers() {
+        let mut old = sample();
+        old.version = 7;
+        old.deleted.insert("gone".into(), 1);
+        let next_seq = old.next_sequence;
+        let model = ModelRef {
+            id: "new".into(),
+            dims: 8,
+        };
+        let mut rebuilt = old.segments[0].clone();
+        rebuilt.name = "def-2.lmdb".into();
+        let m = Manifest::successor(&old, model.clone(), [rebuilt.clone(), rebuilt]);
+        assert_eq!(m.model, model);
+        assert_eq!(m.version, 8);
+        assert!(m.deleted.is_empty());
+        let seqs: Vec<u64> = m.segments.iter().map(|s| s.sequence).collect();
+        assert_eq!(seqs, vec![next_seq, next_seq + 1]);
+        assert_eq!(m.next_sequence, next_seq + 2);
+        assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap(), m);
     }
 }

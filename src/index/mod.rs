@@ -22,35 +22,55 @@ pub use snapshot::{Hit, Snapshot};
 
 use crate::model::ModelRef;
 use crate::store::{DynStore, GetResult, StoreError};
+use crate::task::{self, TaskError};
 
+/// Why an index operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The manifest cannot be read.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// A segment cannot be written or read.
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    /// The index was built with another model than the encoder's.
     #[error(
         "the index was built with model {index} ({index_dims}-d) but the encoder is {model} ({model_dims}-d); \
          use the index's model or rebuild the index with `lookalike reindex`"
     )]
     ModelMismatch {
+        /// The index's model id.
         index: String,
+        /// The index's dimensions.
         index_dims: usize,
+        /// The encoder's model id.
         model: String,
+        /// The encoder's dimensions.
         model_dims: usize,
     },
+    /// A query vector of the wrong size.
     #[error("query vector has {got} dimensions, the index has {want}")]
-    Dims { got: usize, want: usize },
+    Dims {
+        /// The vector's dimensions.
+        got: usize,
+        /// The index's.
+        want: usize,
+    },
+    /// A downloaded segment does not match the manifest (after retries).
     #[error("segment {0} is corrupt: {1}")]
     Corrupt(String, String),
+    /// A local file operation failed.
     #[error("I/O error on {0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// Too many concurrent commits won the compare-and-swap first.
     #[error("gave up committing the manifest after {0} conflicting attempts")]
     Contention(usize),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A background task (segment build, snapshot open) did not return.
+    #[error(transparent)]
+    Task(#[from] TaskError),
 }
 
 /// An index: its store, a local segment cache and the latest snapshot loaded from them.
@@ -144,7 +164,7 @@ impl Index {
         let cache = self.cache.clone();
         let etag = object.meta.etag.clone();
         let previous = current.clone();
-        let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, IndexError> {
+        let snapshot = task::blocking(move || -> Result<Snapshot, IndexError> {
             let opened = manifest
                 .segments
                 .iter()
@@ -152,8 +172,7 @@ impl Index {
                 .collect::<Result<Vec<_>, _>>()?;
             Snapshot::next(&previous, manifest, Some(etag), opened)
         })
-        .await
-        .map_err(|e| IndexError::Internal(e.to_string()))??;
+        .await??;
         let snapshot = Arc::new(snapshot);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
         Ok(snapshot)

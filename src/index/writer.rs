@@ -14,6 +14,7 @@ use super::{Index, IndexError};
 use crate::digest::sha256_file;
 use crate::model::ModelRef;
 use crate::store::{get_object, ObjectStore, StoreError};
+use crate::task;
 
 /// Attempts at a manifest compare-and-swap before giving up.
 pub const MAX_COMMIT_ATTEMPTS: usize = 64;
@@ -164,15 +165,13 @@ pub async fn build_and_upload(
     let path = work.path().join(&name);
     let (model_id, dims, n) = (model.id.clone(), model.dims, items.len() as u64);
     let (build_path, work_dir) = (path.clone(), work.path().to_path_buf());
-    let (bytes, sha256) =
-        tokio::task::spawn_blocking(move || -> Result<(u64, String), IndexError> {
-            write_segment(&build_path, &work_dir, &model_id, dims, &items, params)?;
-            let io = |e| IndexError::Io(build_path.display().to_string(), e);
-            let bytes = std::fs::metadata(&build_path).map_err(io)?.len();
-            Ok((bytes, sha256_file(&build_path).map_err(io)?))
-        })
-        .await
-        .map_err(|e| IndexError::Internal(e.to_string()))??;
+    let (bytes, sha256) = task::blocking(move || -> Result<(u64, String), IndexError> {
+        write_segment(&build_path, &work_dir, &model_id, dims, &items, params)?;
+        let io = |e| IndexError::Io(build_path.display().to_string(), e);
+        let bytes = std::fs::metadata(&build_path).map_err(io)?.len();
+        Ok((bytes, sha256_file(&build_path).map_err(io)?))
+    })
+    .await??;
     let body = tokio::fs::read(&path)
         .await
         .map_err(|e| IndexError::Io(path.display().to_string(), e))?;
@@ -307,9 +306,7 @@ pub async fn compact(
     let items = {
         let snap = snapshot.clone();
         let names = inputs.clone();
-        tokio::task::spawn_blocking(move || snap.live_items_of(&names))
-            .await
-            .map_err(|e| IndexError::Internal(e.to_string()))??
+        task::blocking(move || snap.live_items_of(&names)).await??
     };
     let output = if items.is_empty() {
         None

@@ -37,6 +37,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::digest::{copy_hashing, hash_reader, sha256_hex};
+use crate::task;
 
 use super::{validate_key, GetResult, Object, ObjectMeta, ObjectStore, StoreError, StoreResult};
 
@@ -102,7 +103,7 @@ impl LocalStore {
         F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
+        task::blocking(move || f(&inner))
             .await
             .map_err(|e| StoreError::Backend(format!("local store task failed: {e}")))?
     }

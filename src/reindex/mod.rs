@@ -25,12 +25,10 @@
 //! [`ReindexJob::commit`] and, after a lost swap, [`ReindexJob::reread`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::index::manifest::Manifest;
@@ -40,73 +38,21 @@ use crate::index::{Index, IndexError, Snapshot};
 use crate::ingest::Progress;
 use crate::model::encoder::Encoder;
 use crate::model::ModelRef;
+use crate::pipeline::{self, Job};
 use crate::preprocess::Limits;
-use crate::store::{
-    self, get_object, DynStore, ObjectStore, S3Store, StoreError, FETCH_CONCURRENCY,
-};
+use crate::store::{DynStore, StoreError};
+use crate::task;
+
+mod error;
+mod sources;
+
+pub use error::ReindexError;
+use sources::Sources;
 
 /// Items per new segment (the default batch of `lookalike index`).
 pub const SEGMENT_ITEMS: usize = 5000;
 /// Swap attempts before giving up when the index keeps changing.
 pub const MAX_ATTEMPTS: usize = 16;
-/// Images fetched and encoded together; bounds the memory held by raw image bytes. The next
-/// chunk is fetched while one is encoded.
-const ENCODE_CHUNK: usize = 32;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReindexError {
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    #[error("index {0} is empty (it has no manifest yet): nothing to reindex; index the images with the new model instead")]
-    EmptyIndex(String),
-    #[error(
-        "{location}, where {items} indexed images come from, is not a folder (moved?); \
-         give its new location with --source; the index is unchanged"
-    )]
-    SourceMissing { location: String, items: usize },
-    #[error("cannot open {location}, where {items} indexed images come from: {error}; the index is unchanged")]
-    OpenSource {
-        location: String,
-        items: usize,
-        error: String,
-    },
-    #[error(
-        "none of the {items} images indexed from {location} is there any more: wrong or moved \
-         source? (give the right one with --source; if they were really deleted, remove them with \
-         `lookalike delete` first); the index is unchanged"
-    )]
-    SourceEmpty { location: String, items: usize },
-    #[error("cannot fetch {key} from {location}: {error}; the index is unchanged")]
-    Fetch {
-        key: String,
-        location: String,
-        error: String,
-    },
-    #[error("model {model} cannot encode {key}: {error}; the index is unchanged")]
-    Encode {
-        key: String,
-        model: String,
-        error: String,
-    },
-    #[error(
-        "someone else changed the index to model {found} ({found_dims}-d) while it was being \
-         reindexed from {expected}; this run is abandoned (its model is not the one in the index)"
-    )]
-    ModelChanged {
-        expected: String,
-        found: String,
-        found_dims: usize,
-    },
-    #[error(
-        "gave up after {0} attempts: the index kept changing while it was being reindexed; \
-         the index is unchanged (pause ingest and run reindex again)"
-    )]
-    Contention(usize),
-    #[error("the manifest of {0} changed while reindexing but cannot be read again (was it deleted?); the index is unchanged")]
-    ManifestGone(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
 
 /// What a reindex did.
 #[derive(Debug, Clone, Serialize)]
@@ -220,7 +166,7 @@ impl Reindexer {
             new_model,
             snapshot,
             live,
-            sources: HashMap::new(),
+            sources: Sources::new(self.source.clone()),
             vectors: HashMap::new(),
             missing: HashSet::new(),
             modified: BTreeSet::new(),
@@ -253,8 +199,8 @@ pub struct ReindexJob<'a> {
     /// The manifest whose live items are being encoded (its ETag is the swap's condition).
     snapshot: Arc<Snapshot>,
     live: Vec<ItemRecord>,
-    /// Opened sources by recorded location.
-    sources: HashMap<String, DynStore>,
+    /// Where the images are read from.
+    sources: Sources,
     vectors: HashMap<Version, Vec<f32>>,
     /// Versions whose object is gone from the source.
     missing: HashSet<Version>,
@@ -316,22 +262,38 @@ impl ReindexJob<'_> {
             .filter(|r| !self.is_done(r))
             .cloned()
             .collect();
-        self.open_sources(&todo).await?;
-        let mut chunks = todo.chunks(ENCODE_CHUNK);
-        let Some(first) = chunks.next() else {
-            return Ok(0);
-        };
-        let mut fetched = self.fetch(first).await?;
-        loop {
-            let next = chunks.next();
-            // Fetch the next chunk while this one is encoded.
-            let (encoded, prefetched) = tokio::join!(self.encode_chunk(fetched), async {
-                match next {
-                    Some(chunk) => Some(self.fetch(chunk).await),
-                    None => None,
+        self.sources
+            .open_for(self.r.index.store().as_ref(), &todo)
+            .await?;
+        let jobs = todo
+            .iter()
+            .map(|r| {
+                Ok(Job {
+                    store: self.sources.of(r)?.clone(),
+                    key: r.key.clone(),
+                    item: r.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ReindexError>>()?;
+        // The pipeline fetches the next chunk while this one is encoded; dropping it on an error
+        // stops the fetching.
+        let mut chunks = pipeline::fetch_chunks(jobs, pipeline::CHUNK);
+        while let Some(chunk) = chunks.next().await {
+            let mut fetched = Vec::with_capacity(chunk.len());
+            for f in chunk {
+                match f.object {
+                    Ok(o) => fetched.push((f.item, Some((o.bytes, o.meta.etag)))),
+                    Err(StoreError::NotFound(_)) => fetched.push((f.item, None)),
+                    Err(source) => {
+                        return Err(ReindexError::Fetch {
+                            location: self.sources.of(&f.item)?.location(),
+                            key: f.item.key,
+                            source,
+                        })
+                    }
                 }
-            });
-            let encoded = encoded?;
+            }
+            let encoded = self.encode_chunk(fetched).await?;
             let n = encoded.len() as u64;
             for (record, outcome) in encoded {
                 match outcome {
@@ -351,70 +313,12 @@ impl ReindexJob<'_> {
             if let Some(p) = &progress {
                 p(n);
             }
-            match prefetched {
-                Some(f) => fetched = f?,
-                None => break,
-            }
         }
         Ok(todo.len())
     }
 
-    /// Open the sources of `todo` not opened yet (each once).
-    async fn open_sources(&mut self, todo: &[ItemRecord]) -> Result<(), ReindexError> {
-        if self.r.source.is_some() {
-            return Ok(());
-        }
-        let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in todo
-            .iter()
-            .filter(|r| !self.sources.contains_key(&r.source))
-        {
-            *wanted.entry(&r.source).or_default() += 1;
-        }
-        for (location, items) in wanted {
-            let store = open_source(self.r.index.store().as_ref(), location, items).await?;
-            self.sources.insert(location.to_string(), store);
-        }
-        Ok(())
-    }
-
-    fn source_of(&self, r: &ItemRecord) -> Result<&DynStore, ReindexError> {
-        match &self.r.source {
-            Some(s) => Ok(s),
-            None => self
-                .sources
-                .get(&r.source)
-                .ok_or_else(|| ReindexError::Internal(format!("source {} not open", r.source))),
-        }
-    }
-
-    /// Fetch a chunk concurrently: `None` for an object that is gone.
-    async fn fetch(
-        &self,
-        chunk: &[ItemRecord],
-    ) -> Result<Vec<(ItemRecord, Option<(Bytes, String)>)>, ReindexError> {
-        let results: Vec<Result<_, ReindexError>> = stream::iter(chunk)
-            .map(|r| async move {
-                let source = self.source_of(r)?;
-                let fail = |error: String| ReindexError::Fetch {
-                    key: r.key.clone(),
-                    location: source.location(),
-                    error,
-                };
-                match get_object(source.as_ref(), &r.key).await {
-                    Ok(o) => Ok((r.clone(), Some((o.bytes, o.meta.etag)))),
-                    Err(StoreError::NotFound(_)) => Ok((r.clone(), None)),
-                    Err(e) => Err(fail(e.to_string())),
-                }
-            })
-            .buffered(FETCH_CONCURRENCY)
-            .collect()
-            .await;
-        results.into_iter().collect()
-    }
-
     /// Encode fetched images on all cores (off the async runtime): `(vector, fetched etag)`, or
-    /// `None` for an object that is gone.
+    /// `None` for an object that is gone. Stops at the first image the model cannot encode.
     #[allow(clippy::type_complexity)]
     async fn encode_chunk(
         &self,
@@ -422,56 +326,23 @@ impl ReindexJob<'_> {
     ) -> Result<Vec<(ItemRecord, Option<(Vec<f32>, String)>)>, ReindexError> {
         let encoder = self.r.encoder.clone();
         let limits = self.r.limits;
-        let images: Vec<Bytes> = fetched
-            .iter()
-            .filter_map(|(_, f)| f.as_ref().map(|(b, _)| b.clone()))
-            .collect();
-        let mut vectors =
-            tokio::task::spawn_blocking(move || encoder.encode_many(&images, &limits))
-                .await
-                .map_err(|e| ReindexError::Internal(e.to_string()))?
-                .into_iter();
-        let mut out = Vec::with_capacity(fetched.len());
-        for (record, f) in fetched {
-            let Some((_, etag)) = f else {
-                out.push((record, None));
-                continue;
-            };
-            let fail = |error: String| ReindexError::Encode {
-                key: record.key.clone(),
-                model: self.new_model.id.clone(),
-                error,
-            };
-            let vector = match vectors.next() {
-                Some(Ok(v)) => v,
-                Some(Err(e)) => return Err(fail(e.to_string())),
-                None => return Err(ReindexError::Internal("an embedding is missing".into())),
-            };
-            out.push((record, Some((vector, etag))));
-        }
-        Ok(out)
-    }
-
-    /// A source from which every item is gone is a wrong source, not a mass deletion.
-    fn check_sources(&self) -> Result<(), ReindexError> {
-        // With --source every item is read from there, whatever source it was indexed from.
-        let over = self.r.source.as_ref().map(|s| s.location());
-        let mut per_source: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for r in &self.live {
-            let (total, gone) = per_source
-                .entry(over.as_deref().unwrap_or(&r.source))
-                .or_default();
-            *total += 1;
-            *gone += self.missing.contains(&version_of(r)) as usize;
-        }
-        let empty = per_source
+        let encoded = task::par_map(fetched, move |(record, f)| {
+            let r = f.map(|(bytes, etag)| encoder.encode_image(&bytes, &limits).map(|v| (v, etag)));
+            (record, r)
+        })
+        .await?;
+        encoded
             .into_iter()
-            .find(|(_, (total, gone))| *total > 0 && gone == total)
-            .map(|(location, (items, _))| (location.to_string(), items));
-        match empty {
-            Some((location, items)) => Err(ReindexError::SourceEmpty { location, items }),
-            None => Ok(()),
-        }
+            .map(|(record, r)| match r {
+                None => Ok((record, None)),
+                Some(Ok(v)) => Ok((record, Some(v))),
+                Some(Err(source)) => Err(ReindexError::Encode {
+                    key: record.key,
+                    model: self.new_model.id.clone(),
+                    source,
+                }),
+            })
+            .collect()
     }
 
     /// Build the segments that are missing and swap the manifest, conditional on the ETag of the
@@ -482,7 +353,9 @@ impl ReindexJob<'_> {
         if self.pending() > 0 {
             self.encode(None).await?;
         }
-        self.check_sources()?;
+        let missing = &self.missing;
+        self.sources
+            .check(&self.live, |r| missing.contains(&version_of(r)))?;
         // The items of the new index: the live ones whose object is still there.
         let present: BTreeMap<&str, &ItemRecord> = self
             .live
@@ -506,7 +379,7 @@ impl ReindexJob<'_> {
             .filter(|r| !covered.contains(r.key.as_str()))
             .copied()
             .collect();
-        let new_source = self.r.source.as_ref().map(|s| s.location());
+        let new_source = self.sources.replacement();
         let mut new_built = Vec::new();
         for group in rest.chunks(self.r.segment_items.max(1)) {
             let mut items = Vec::with_capacity(group.len());
@@ -545,17 +418,11 @@ impl ReindexJob<'_> {
             .collect();
         self.built.extend(new_built);
 
-        // The new manifest: the new model, only the new segments, no deletions; one version
-        // after the old one, sequences continuing from it.
-        let old = &self.snapshot.manifest;
-        let mut manifest = Manifest::new(self.new_model.clone());
-        manifest.next_sequence = old.next_sequence;
-        for b in &self.built {
-            let mut entry = b.segment.entry.clone();
-            entry.sequence = manifest.bump();
-            manifest.segments.push(entry);
-        }
-        manifest.version = old.version + 1;
+        let manifest = Manifest::successor(
+            &self.snapshot.manifest,
+            self.new_model.clone(),
+            self.built.iter().map(|b| b.segment.entry.clone()),
+        );
         let etag = self
             .snapshot
             .etag
@@ -655,38 +522,5 @@ impl ReindexJob<'_> {
 /// The live records of a snapshot (LMDB reads: off the async runtime).
 async fn live_records(snapshot: &Arc<Snapshot>) -> Result<Vec<ItemRecord>, ReindexError> {
     let snap = snapshot.clone();
-    Ok(tokio::task::spawn_blocking(move || snap.live_records())
-        .await
-        .map_err(|e| ReindexError::Internal(e.to_string()))??)
-}
-
-/// Open the source recorded as `location`. An S3 source goes through the index store's client
-/// when it has one (same endpoint and credentials, as the query service does for presigned
-/// URLs). A local folder must exist: opening a missing one would create it empty, and every
-/// image would then look deleted.
-async fn open_source(
-    index_store: &dyn ObjectStore,
-    location: &str,
-    items: usize,
-) -> Result<DynStore, ReindexError> {
-    if let Some((bucket, prefix)) = store::parse_s3_location(location) {
-        if let (Some(client), false) = (index_store.s3_client(), bucket.is_empty()) {
-            return Ok(Arc::new(S3Store::new(client, bucket, prefix)));
-        }
-    } else {
-        let path = location.strip_prefix("file://").unwrap_or(location);
-        if !Path::new(path).is_dir() {
-            return Err(ReindexError::SourceMissing {
-                location: location.to_string(),
-                items,
-            });
-        }
-    }
-    store::open(location)
-        .await
-        .map_err(|e| ReindexError::OpenSource {
-            location: location.to_string(),
-            items,
-            error: e.to_string(),
-        })
+    Ok(task::blocking(move || snap.live_records()).await??)
 }
