@@ -7,7 +7,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use lookalike::preprocess::Limits;
-use lookalike::train::{self, Event, HeadConfig, Quality, TrainOptions, TrainReport};
+use lookalike::train::{
+    self, DatasetError, Event, HeadConfig, Quality, SplitFraction, TrainError, TrainOptions,
+    TrainReport,
+};
 
 use super::common::{open_source, ModelLocation, DEFAULT_CACHE};
 
@@ -116,13 +119,44 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     bar.lock()
         .unwrap_or_else(|p| p.into_inner())
         .finish_and_clear();
-    let report = report?;
+    let report = report.map_err(in_flags)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
     Ok(())
+}
+
+/// `train`'s error in terms of the flags that set what it is about.
+fn in_flags(e: TrainError) -> anyhow::Error {
+    match e {
+        TrainError::OutIsBase(out) => anyhow::anyhow!(
+            "--out {} is the base model's folder; write the fine-tuned model somewhere else",
+            out.display()
+        ),
+        TrainError::BadDiscriminantWeight(w) => {
+            anyhow::anyhow!("--discriminant-weight must be 0 or more, not {w}")
+        }
+        TrainError::NoRoomForFeatureLayer {
+            dims,
+            directions,
+            categories,
+        } => anyhow::anyhow!(
+            "--dims {dims} leaves no room for the feature layer next to the {directions} discriminant directions of {categories} categories: use a larger --dims, or --discriminant-weight 0"
+        ),
+        TrainError::Dataset(DatasetError::BadSplit(fraction)) => {
+            let (flag, f) = match fraction {
+                SplitFraction::Validation(f) => ("--val-split", f),
+                SplitFraction::Test(f) => ("--test-split", f),
+            };
+            anyhow::anyhow!("invalid split: {flag} {f} must be at least 0 and below 1")
+        }
+        TrainError::TooFewEvaluationImages { .. } => {
+            anyhow::anyhow!("fewer than 2 evaluation images: use a larger --val-split or --test-split")
+        }
+        e => e.into(),
+    }
 }
 
 fn bar_style(template: &str) -> ProgressStyle {

@@ -14,6 +14,7 @@ use crate::store::{ObjectStore, StoreError};
 /// One labelled image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
+    /// The image's key in the store.
     pub key: String,
     /// Index into [`Dataset::categories`].
     pub label: usize,
@@ -22,6 +23,7 @@ pub struct Example {
 /// Labelled images of a folder or S3 prefix.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The folder or S3 prefix the images are in.
     pub location: String,
     /// Category names, sorted; labels index into this.
     pub categories: Vec<String>,
@@ -31,24 +33,54 @@ pub struct Dataset {
     pub ignored: usize,
 }
 
+/// Why the labelled images cannot be trained on.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// The images could not be listed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Fewer than 2 category folders hold images.
     #[error("{location} has {found} categories with images; training needs at least 2 category folders (found: {names:?})")]
     TooFewCategories {
+        /// The folder or S3 prefix.
         location: String,
+        /// How many categories have images.
         found: usize,
+        /// Their names.
         names: Vec<String>,
     },
+    /// A category has too few images for the split.
     #[error("category {category:?} has {count} images; every category needs at least {min} for this split")]
     TooFewImages {
+        /// The category.
         category: String,
+        /// Its images.
         count: usize,
+        /// The fewest the split needs.
         min: usize,
     },
-    #[error("invalid split: {0}")]
-    BadSplit(String),
+    /// A split fraction is outside [0, 1).
+    #[error("invalid split: the {0}")]
+    BadSplit(SplitFraction),
+}
+
+/// A fraction of a split, named by the part it sets aside.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SplitFraction {
+    /// The fraction of each category used for early stopping.
+    Validation(f64),
+    /// The fraction of each category held out as test images.
+    Test(f64),
+}
+
+impl std::fmt::Display for SplitFraction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (part, value) = match self {
+            SplitFraction::Validation(v) => ("validation", v),
+            SplitFraction::Test(v) => ("test", v),
+        };
+        write!(f, "{part} fraction {value} must be at least 0 and below 1")
+    }
 }
 
 impl Dataset {
@@ -102,11 +134,12 @@ impl Dataset {
     /// The same seed always gives the same split. Every category keeps at least 2 training images,
     /// and at least 2 validation (and test) images when that fraction is not zero.
     pub fn split(&self, val: f64, test: f64, seed: u64) -> Result<Split, DatasetError> {
-        for (name, f) in [("--val-split", val), ("--test-split", test)] {
+        for (f, fraction) in [
+            (val, SplitFraction::Validation(val)),
+            (test, SplitFraction::Test(test)),
+        ] {
             if !(0.0..1.0).contains(&f) {
-                return Err(DatasetError::BadSplit(format!(
-                    "{name} {f} must be at least 0 and below 1"
-                )));
+                return Err(DatasetError::BadSplit(fraction));
             }
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -148,8 +181,11 @@ impl Dataset {
 /// Indices into [`Dataset::examples`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Split {
+    /// The images trained on.
     pub train: Vec<usize>,
+    /// The images used for early stopping.
     pub val: Vec<usize>,
+    /// The images held out.
     pub test: Vec<usize>,
 }
 

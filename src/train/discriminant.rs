@@ -7,9 +7,7 @@
 //! be estimated, so it is shrunk towards a multiple of the identity (Ledoit-Wolf style, a fixed
 //! weight that held up from 0.5 to 0.9 on clothing-small). On clothing-small these directions
 //! alone beat the gradient-trained feature layer on held-out images, and the two together beat
-//! both; `train` exports them side by side (see [`concat`]).
-
-use anyhow::{bail, ensure, Result};
+//! both; `train` exports them side by side (see [`concat()`]).
 
 use super::head::Samples;
 use super::linalg::{cholesky, cholesky_solve, fold_center, gemm, normalize_rows, symmetric_eigen};
@@ -18,12 +16,34 @@ use crate::model::fine_tuned::part_scales;
 /// Default weight of the identity in the shrunk within-category covariance.
 pub const DEFAULT_SHRINKAGE: f64 = 0.7;
 
+/// Why the discriminant directions could not be fitted.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscriminantError {
+    /// The shrinkage is outside (0, 1].
+    #[error("the shrinkage must be in (0, 1], not {0}")]
+    BadShrinkage(f64),
+    /// Fewer than 2 categories have images.
+    #[error("the discriminant needs images of at least 2 categories")]
+    TooFewCategories,
+    /// No spread within the categories to scale the directions by.
+    #[error("the images of each category have identical embeddings")]
+    NoSpread,
+    /// The Cholesky factorisation of the shrunk covariance failed at this pivot.
+    #[error("the shrunk covariance is not positive definite (pivot {0})")]
+    NotPositiveDefinite(usize),
+    /// The category means coincide: there is no direction to separate them along.
+    #[error("the category means coincide")]
+    MeansCoincide,
+}
+
 /// A linear projection `x ↦ (x - center) · proj`, followed by L2 normalisation.
 #[derive(Debug, Clone)]
 pub struct Discriminant {
+    /// Input dimensions (the backbone embedding's).
     pub input: usize,
     /// Output dimensions: categories − 1 (fewer if some category means coincide).
     pub dims: usize,
+    /// The mean of the fitted vectors, subtracted before the projection.
     pub center: Vec<f32>,
     /// `input × dims`.
     pub proj: Vec<f32>,
@@ -31,17 +51,16 @@ pub struct Discriminant {
 
 impl Discriminant {
     /// Fits the discriminant directions of the labelled vectors `s` (labels below `classes`).
-    pub fn fit(s: &Samples, classes: usize, shrinkage: f64) -> Result<Self> {
-        ensure!(
-            (0.0..=1.0).contains(&shrinkage) && shrinkage > 0.0,
-            "the shrinkage must be in (0, 1], not {shrinkage}"
-        );
+    pub fn fit(s: &Samples, classes: usize, shrinkage: f64) -> Result<Self, DiscriminantError> {
+        if !((0.0..=1.0).contains(&shrinkage) && shrinkage > 0.0) {
+            return Err(DiscriminantError::BadShrinkage(shrinkage));
+        }
         let (n, d) = (s.len(), s.dims);
         let mut counts = vec![0usize; classes];
         s.y.iter().for_each(|&y| counts[y] += 1);
         let present: Vec<usize> = (0..classes).filter(|&c| counts[c] > 0).collect();
         if present.len() < 2 {
-            bail!("the discriminant needs images of at least 2 categories");
+            return Err(DiscriminantError::TooFewCategories);
         }
         // Overall mean, and the category means relative to it (d × categories present).
         let mut center = vec![0f64; d];
@@ -89,15 +108,12 @@ impl Discriminant {
             );
         }
         let mean_variance = (0..d).map(|j| cov[j * d + j]).sum::<f64>() / d as f64;
-        ensure!(
-            mean_variance > 0.0,
-            "the images of each category have identical embeddings"
-        );
+        if mean_variance.is_nan() || mean_variance <= 0.0 {
+            return Err(DiscriminantError::NoSpread);
+        }
         cov.iter_mut().for_each(|v| *v *= 1.0 - shrinkage);
         (0..d).for_each(|j| cov[j * d + j] += shrinkage * mean_variance);
-        cholesky(&mut cov, d).map_err(|j| {
-            anyhow::anyhow!("the shrunk covariance is not positive definite (pivot {j})")
-        })?;
+        cholesky(&mut cov, d).map_err(DiscriminantError::NotPositiveDefinite)?;
         // Z = Σw⁻¹ · M; the directions are Z · V · Λ^(-1/2) for the eigenpairs of Mᵀ · Σw⁻¹ · M.
         let mut z = means.clone();
         cholesky_solve(&cov, d, &mut z, k);
@@ -110,7 +126,9 @@ impl Discriminant {
         let (values, vectors) = symmetric_eigen(&gram, k);
         let top = values[0].max(f64::MIN_POSITIVE);
         let dims = values.iter().take_while(|&&l| l > 1e-9 * top).count();
-        ensure!(dims > 0, "the category means coincide");
+        if dims == 0 {
+            return Err(DiscriminantError::MeansCoincide);
+        }
         let mut proj = vec![0f32; d * dims];
         for j in 0..d {
             for (o, &l) in values[..dims].iter().enumerate() {

@@ -81,6 +81,8 @@ impl FeatureCache {
             .join(format!("{}-v{VIEWS_VERSION}-{v}.f32", hex::encode(hash)))
     }
 
+    /// The cached embedding of view `v` of the image hashed `hash`, if one of `dims` values is
+    /// there.
     pub fn get(&self, hash: &[u8; 32], v: u32, dims: usize) -> Option<Vec<f32>> {
         let bytes = std::fs::read(self.path(hash, v)).ok()?;
         (bytes.len() == dims * 4).then(|| {

@@ -16,12 +16,16 @@ use super::linalg::{fold_center, gemm, normalize_rows, normalize_rows_backward};
 /// Labelled vectors: `x` holds `len` rows of `dims` values.
 #[derive(Debug, Clone, Default)]
 pub struct Samples {
+    /// The vectors, row after row.
     pub x: Vec<f32>,
+    /// Their labels.
     pub y: Vec<usize>,
+    /// Values per vector.
     pub dims: usize,
 }
 
 impl Samples {
+    /// No samples of `dims` values.
     pub fn new(dims: usize) -> Self {
         Samples {
             x: Vec::new(),
@@ -30,16 +34,19 @@ impl Samples {
         }
     }
 
+    /// Adds vector `v` with its label.
     pub fn push(&mut self, v: &[f32], label: usize) {
         assert_eq!(v.len(), self.dims, "sample has the wrong number of values");
         self.x.extend_from_slice(v);
         self.y.push(label);
     }
 
+    /// The number of samples.
     pub fn len(&self) -> usize {
         self.y.len()
     }
 
+    /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
         self.y.is_empty()
     }
@@ -50,18 +57,24 @@ impl Samples {
 pub struct HeadConfig {
     /// Feature (embedding) dimensions.
     pub dims: usize,
+    /// Most epochs to train.
     pub max_epochs: usize,
-    /// Stop after this many epochs without a better validation loss.
+    /// Stop after this many epochs without a better validation precision@10 (the loss without
+    /// a gallery).
     pub patience: usize,
+    /// Samples per gradient step.
     pub batch: usize,
+    /// AdamW's learning rate.
     pub learning_rate: f32,
     /// Decoupled weight decay (AdamW) on the feature layer.
     pub weight_decay: f32,
     /// Scale of the cosine logits.
     pub scale: f32,
+    /// Weight of the uniform distribution mixed into the targets.
     pub label_smoothing: f32,
     /// Dropout on the backbone embedding while training.
     pub dropout: f32,
+    /// Seed of the initialisation, the shuffling and the dropout.
     pub seed: u64,
 }
 
@@ -85,21 +98,27 @@ impl Default for HeadConfig {
 /// Feature layer + classifier.
 #[derive(Debug, Clone)]
 pub struct Head {
+    /// Input (backbone embedding) dimensions.
     pub input: usize,
+    /// Feature dimensions.
     pub dims: usize,
+    /// Categories the classifier tells apart.
     pub classes: usize,
     /// Subtracted from the input first: the mean of the training embeddings. Centring removes
     /// the direction that all base embeddings share, which otherwise dominates their cosines.
     pub center: Vec<f32>,
     /// Feature layer weights, `input × dims`.
     pub w1: Vec<f32>,
+    /// Feature layer bias, `dims`.
     pub b1: Vec<f32>,
     /// Class vectors, `classes × dims` (not normalised; see [`Head::classifier`]).
     pub w2: Vec<f32>,
+    /// Scale of the cosine logits.
     pub scale: f32,
 }
 
 impl Head {
+    /// A randomly initialised head (Glorot uniform, seeded).
     pub fn new(input: usize, dims: usize, classes: usize, scale: f32, seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let a1 = (6.0 / (input + dims) as f32).sqrt();
@@ -302,9 +321,13 @@ fn loss_and_grads(
 /// One epoch's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochStats {
+    /// The epoch, from 1.
     pub epoch: usize,
+    /// Mean training loss.
     pub train_loss: f32,
+    /// Mean validation loss (without smoothing).
     pub val_loss: f32,
+    /// Validation accuracy of the classifier.
     pub val_accuracy: f64,
     /// Precision@10 of the validation images searching the training images and each other.
     pub val_p_at_10: f64,
@@ -313,9 +336,13 @@ pub struct EpochStats {
 /// The result of [`train`]: the head of the best epoch.
 #[derive(Debug, Clone)]
 pub struct Trained {
+    /// The head of the best epoch.
     pub head: Head,
+    /// That epoch.
     pub best_epoch: usize,
+    /// Epochs run.
     pub epochs_run: usize,
+    /// Every epoch's figures.
     pub history: Vec<EpochStats>,
 }
 
