@@ -11,10 +11,6 @@ use crate::task::TaskError;
 use super::dataset::DatasetError;
 use super::discriminant::DiscriminantError;
 
-/// An error of the model code that does not have a typed error yet (the ONNX graph extension,
-/// the atomic file writes).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// Why `train` stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -87,7 +83,7 @@ pub enum TrainError {
     },
     /// The feature layer could not be added to the base model's graph.
     #[error("cannot add the feature layer to the base model's graph")]
-    Extend(#[source] BoxError),
+    Extend(#[source] crate::model::fine_tuned::FineTuneError),
     /// The output folder could not be created.
     #[error("cannot create {}", path.display())]
     CreateOut {
@@ -104,7 +100,7 @@ pub enum TrainError {
         path: PathBuf,
         /// What went wrong.
         #[source]
-        source: BoxError,
+        source: crate::model::import::FileError,
     },
     /// The model card or the report could not be serialised.
     #[error("cannot serialise {what}")]

@@ -48,7 +48,7 @@ use crate::store::DynStore;
 pub use dataset::{Dataset, DatasetError, Split, SplitFraction};
 pub use discriminant::{Discriminant, DiscriminantError};
 pub use embed::Skipped;
-pub use error::{BoxError, TrainError};
+pub use error::TrainError;
 pub use head::{EpochStats, HeadConfig, Samples};
 pub use metrics::{Quality, Retrieval};
 pub use options::TrainOptions;
