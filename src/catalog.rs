@@ -30,15 +30,19 @@ pub struct MetadataTable {
     rows: HashMap<String, Map<String, Value>>,
 }
 
+/// Why a metadata CSV cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
+    /// It cannot be read or parsed.
     #[error("cannot read metadata CSV {0}: {1}")]
     Read(String, #[source] csv::Error),
+    /// It has no key column, or a row is unusable.
     #[error("metadata CSV {0}: {1}")]
     Invalid(String, String),
 }
 
 impl MetadataTable {
+    /// Reads a CSV file whose first column (or `key` column) names the item.
     pub fn load(path: &Path) -> Result<Self, MetadataError> {
         let shown = path.display().to_string();
         let mut reader =
@@ -46,6 +50,7 @@ impl MetadataTable {
         Self::from_reader(&mut reader, &shown)
     }
 
+    /// Parses CSV text (see [`MetadataTable::load`]).
     pub fn from_csv_str(text: &str) -> Result<Self, MetadataError> {
         let mut reader = csv::Reader::from_reader(text.as_bytes());
         Self::from_reader(&mut reader, "<string>")
@@ -91,14 +96,17 @@ impl MetadataTable {
         Ok(MetadataTable { rows })
     }
 
+    /// The metadata of `key`.
     pub fn get(&self, key: &str) -> Option<&Map<String, Value>> {
         self.rows.get(key)
     }
 
+    /// Number of keys with metadata.
     pub fn len(&self) -> usize {
         self.rows.len()
     }
 
+    /// Whether no key has metadata.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

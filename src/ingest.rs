@@ -24,23 +24,28 @@ use crate::task;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
+    /// Encoded and committed.
     Indexed,
     /// The same (key, etag) is already indexed.
     Duplicate,
     /// Not indexable (not an image, too large, corrupt): permanent, not retried. A record of it
     /// is written under the index's `rejected/` prefix.
     Rejected {
+        /// Why.
         reason: String,
     },
+    /// Removed from the index.
     Deleted,
     /// Nothing to do: the object was deleted before it could be fetched, or a deleted key exists
     /// again (a later upload wins over an older delete notification).
     Skipped {
+        /// Why.
         reason: String,
     },
     /// Could not be processed now (the source store failed): nothing was committed for it and the
     /// caller should retry it.
     Failed {
+        /// What failed.
         reason: String,
     },
 }
@@ -58,9 +63,13 @@ pub const REJECTED_PREFIX: &str = "rejected/";
 /// What `rejected/<key>.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RejectedRecord {
+    /// The object's key.
     pub key: String,
+    /// The ETag that was refused.
     pub etag: String,
+    /// The source store's location.
     pub source: String,
+    /// Why it was refused.
     pub reason: String,
     /// Milliseconds since the Unix epoch.
     pub rejected_at_ms: u64,
@@ -71,10 +80,14 @@ pub fn rejected_key(key: &str) -> String {
     format!("{REJECTED_PREFIX}{key}.json")
 }
 
+/// What happened to one object of a batch.
 #[derive(Debug, Clone, Serialize)]
 pub struct ItemOutcome {
+    /// The object's key.
     pub key: String,
+    /// The ETag that was processed (the fetched one when the object was fetched).
     pub etag: String,
+    /// What happened.
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -82,6 +95,7 @@ pub struct ItemOutcome {
 /// Time spent per stage, summed over the batch.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageTimes {
+    /// Waiting for fetched images (the pipeline fetches the next chunk while one is encoded).
     pub fetch: Duration,
     /// Decode + preprocess + encoder run, on all cores (wall time).
     pub encode: Duration,
@@ -91,25 +105,33 @@ pub struct StageTimes {
     pub manifest_commit: Duration,
 }
 
+/// What one ingest did.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
     /// The manifest version committed, `None` when nothing changed.
     pub version: Option<u64>,
+    /// The segment written, if any.
     pub segment: Option<String>,
+    /// Every object of the batch with its outcome.
     pub items: Vec<ItemOutcome>,
+    /// The commit's details (sizes, times), when something was committed.
     #[serde(skip)]
     pub commit: Option<Commit>,
+    /// Time per stage.
     #[serde(skip)]
     pub times: StageTimes,
 }
 
 impl IngestReport {
+    /// How many objects had an outcome matching `pred`.
     pub fn count(&self, pred: impl Fn(&Outcome) -> bool) -> usize {
         self.items.iter().filter(|i| pred(&i.outcome)).count()
     }
+    /// How many objects were indexed.
     pub fn indexed(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Indexed))
     }
+    /// The rejected objects.
     pub fn rejected(&self) -> Vec<&ItemOutcome> {
         self.items
             .iter()
@@ -130,16 +152,22 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Everything an ingest needs; built once (per Lambda container, per CLI run) and reused.
 pub struct Ingester {
+    /// The index to add to.
     pub index: Arc<Index>,
+    /// The encoder (the index's model).
     pub encoder: Arc<Encoder>,
     /// Where the images are (`s3://bucket/prefix` or a folder); keys are relative to it.
     pub source: DynStore,
+    /// Limits on the images.
     pub limits: Limits,
+    /// Per-key metadata from a CSV, merged over the objects' own.
     pub metadata: Option<Arc<MetadataTable>>,
+    /// Segment build parameters.
     pub build: BuildParams,
 }
 
 impl Ingester {
+    /// What the index records of the encoder's model.
     pub fn model_ref(&self) -> ModelRef {
         self.encoder.model_ref()
     }

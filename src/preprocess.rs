@@ -34,6 +34,7 @@ pub struct InputSpec {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
+/// The order of a tensor's axes.
 pub enum Layout {
     /// Batch, channels, height, width (PyTorch's order).
     Nchw,
@@ -124,17 +125,42 @@ impl Default for Limits {
 
 /// Why an image was refused. Every variant is the client's fault (a 4xx), see [`ImageError::http_status`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an image was refused.
 pub enum ImageError {
+    /// No bytes at all.
     #[error("the image is empty (0 bytes)")]
     Empty,
+    /// More bytes than the limit.
     #[error("the image is {size} bytes, more than the limit of {limit} bytes")]
-    TooManyBytes { size: usize, limit: usize },
+    TooManyBytes {
+        /// The image's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not a format we decode.
     #[error("unsupported image format ({detected}); expected JPEG, PNG, WebP, GIF or BMP")]
-    UnsupportedFormat { detected: &'static str },
+    UnsupportedFormat {
+        /// What the bytes look like, when known.
+        detected: &'static str,
+    },
+    /// More pixels than the limits allow (from the header, before decoding).
     #[error("the image is {width}x{height} pixels, more than the limits allow")]
-    TooLarge { width: u32, height: u32 },
+    TooLarge {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+    /// A side under [`MIN_SIDE`] pixels.
     #[error("the image is {width}x{height} pixels; each side must be at least {MIN_SIDE} pixels")]
-    TooSmall { width: u32, height: u32 },
+    TooSmall {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+    /// The decoder failed (corrupt or truncated data).
     #[error("cannot decode the image: {0}")]
     Decode(String),
 }
@@ -154,10 +180,15 @@ impl ImageError {
 /// The formats we decode, sniffed from the first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// JPEG.
     Jpeg,
+    /// PNG.
     Png,
+    /// WebP.
     WebP,
+    /// GIF (the first frame).
     Gif,
+    /// BMP.
     Bmp,
 }
 

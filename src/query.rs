@@ -9,17 +9,24 @@ use crate::index::{Hit, IndexError, Snapshot};
 use crate::model::encoder::{EncodeError, Encoder};
 use crate::preprocess::Limits;
 
+/// Results when a search does not say.
 pub const DEFAULT_K: usize = 10;
+/// Most results one search returns.
 pub const MAX_K: usize = 100;
 
+/// Why a search failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// `k` out of range.
     #[error("k must be between 1 and {MAX_K}, got {0}")]
     BadK(i64),
+    /// A search by key names no indexed item.
     #[error("no indexed image has the key {0:?}")]
     UnknownKey(String),
+    /// The query image cannot be decoded or encoded.
     #[error("cannot use the query image: {0}")]
     Image(#[from] EncodeError),
+    /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
 }
@@ -27,9 +34,13 @@ pub enum QueryError {
 /// One result, as the CLI's `--json` and the HTTP API return it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SearchResult {
+    /// The item's key.
     pub key: String,
+    /// Cosine similarity to the query (1 is identical).
     pub score: f32,
+    /// The item's category.
     pub category: String,
+    /// The item's metadata.
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Where the key lives (`s3://bucket/prefix` or a folder).
     pub source: String,
@@ -44,11 +55,16 @@ pub struct QueryTimings {
     pub search_ms: f64,
 }
 
+/// The results of a search and where its time went.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SearchResponse {
+    /// The results, best first.
     pub results: Vec<SearchResult>,
+    /// Total time of the search.
     pub took_ms: f64,
+    /// The manifest version searched.
     pub index_version: u64,
+    /// Where the time went.
     pub timings: QueryTimings,
 }
 

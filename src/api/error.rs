@@ -11,12 +11,15 @@ use crate::query::QueryError;
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// An API error: the HTTP status, a stable code and a message for people, sent as a JSON body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {code}: {message}")]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: u16,
     /// A stable, machine-readable code (`bad_k`, `invalid_image`, ...).
     pub code: &'static str,
+    /// What went wrong, in words.
     pub message: String,
     /// `Retry-After` seconds (503 only).
     pub retry_after: Option<u64>,
@@ -29,6 +32,7 @@ struct Body<'a> {
 }
 
 impl ApiError {
+    /// An error with any status.
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -38,22 +42,27 @@ impl ApiError {
         }
     }
 
+    /// A 400 with `code`.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(400, code, message)
     }
 
+    /// A 404 (`not_found`).
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, "not_found", message)
     }
 
+    /// A 413 (`too_large`).
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(413, "payload_too_large", message)
     }
 
+    /// A 415 (`unsupported_media_type`).
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "unsupported_media_type", message)
     }
 
+    /// A 500 (`internal`); the message goes to the client, so it must not carry internals.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal", message)
     }
@@ -66,6 +75,7 @@ impl ApiError {
         }
     }
 
+    /// The JSON response.
     pub fn to_response(&self) -> ApiResponse {
         let mut r = ApiResponse::json(
             self.status,

@@ -27,8 +27,11 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 /// An HTTP response: a status, headers and a JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiResponse {
+    /// The HTTP status.
     pub status: u16,
+    /// Response headers.
     pub headers: Vec<(String, String)>,
+    /// The body.
     pub body: Vec<u8>,
 }
 

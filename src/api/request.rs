@@ -12,17 +12,24 @@ use crate::query::{check_k, DEFAULT_K};
 /// An HTTP request: `path` and `query` as they came over the wire (percent-encoded).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ApiRequest {
+    /// `GET`, `POST`, ...
     pub method: String,
+    /// The path, without the query string.
     pub path: String,
+    /// The query string, without `?`.
     pub query: String,
+    /// The `Content-Type` header.
     pub content_type: Option<String>,
+    /// The body (already base64-decoded).
     pub body: Bytes,
 }
 
 /// Number of results and the category filter of a search.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchParams {
+    /// Number of results.
     pub k: usize,
+    /// Only items of this category.
     pub category: Option<String>,
 }
 
@@ -38,8 +45,11 @@ pub enum SearchInput {
 /// A valid request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
+    /// A search by image or key.
     Search(SearchInput, SearchParams),
+    /// `GET /stats`.
     Stats,
+    /// `GET /openapi.json`.
     OpenApi,
 }
 

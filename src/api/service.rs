@@ -62,44 +62,66 @@ impl ServiceConfig {
 /// One search result as the API returns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiResult {
+    /// The item's key.
     pub key: String,
+    /// Cosine similarity to the query (1 is identical).
     pub score: f32,
+    /// The item's category.
     pub category: String,
+    /// The item's metadata.
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// A presigned GET of the image (`null` for images that are not in S3).
     pub url: Option<String>,
 }
 
+/// Where a search's time went.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiTimings {
+    /// The index search's parts.
     #[serde(flatten)]
     pub query: QueryTimings,
+    /// Presigning the result URLs.
     pub presign_ms: f64,
 }
 
+/// The answer to a search.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiSearchResponse {
+    /// The results, best first.
     pub results: Vec<ApiResult>,
+    /// Total time of the request.
     pub took_ms: f64,
+    /// The manifest version searched (pages and retries can tell whether the index changed).
     pub index_version: u64,
+    /// Where the time went.
     pub timings: ApiTimings,
 }
 
 /// What `GET /stats` answers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
+    /// Live items.
     pub items: u64,
+    /// Segments.
     pub segments: usize,
+    /// Manifest version.
     pub version: u64,
+    /// The model's id.
     pub model: String,
+    /// Embedding dimensions.
     pub dims: usize,
+    /// The distance (cosine).
     pub distance: String,
+    /// Bytes of all segments.
     pub bytes: u64,
+    /// Keys deleted and still recorded as such.
     pub deleted_keys: usize,
+    /// Live items per category.
     pub categories: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Stats {
+    /// The statistics of a snapshot.
     pub fn of(snapshot: &Snapshot) -> Stats {
         let m = &snapshot.manifest;
         Stats {
@@ -152,6 +174,7 @@ impl QueryService {
         }
     }
 
+    /// The service's settings.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
     }

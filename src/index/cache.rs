@@ -13,6 +13,7 @@ use crate::task;
 /// How many times a segment whose download does not verify is fetched again.
 const DOWNLOAD_ATTEMPTS: usize = 3;
 
+/// A local folder of verified copies of an index's segments.
 #[derive(Debug, Clone)]
 pub struct SegmentCache {
     dir: PathBuf,
@@ -21,22 +22,28 @@ pub struct SegmentCache {
 /// What a sync did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncReport {
+    /// Segments downloaded by this sync.
     pub downloaded: Vec<String>,
+    /// Their bytes.
     pub downloaded_bytes: u64,
+    /// Segments removed (no longer listed).
     pub removed: Vec<String>,
 }
 
 impl SegmentCache {
+    /// A cache in `dir` (created when missing).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, IndexError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| IndexError::Io(dir.display().to_string(), e))?;
         Ok(SegmentCache { dir })
     }
 
+    /// The cache's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Where segment `name` is (or would be) cached.
     pub fn path_of(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

@@ -9,10 +9,14 @@ use crate::model::ModelRef;
 
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's key under the index prefix.
 pub const MANIFEST_KEY: &str = "manifest.json";
+/// The prefix of the segment files under the index prefix.
 pub const SEGMENTS_PREFIX: &str = "segments/";
+/// The only distance this build supports.
 pub const DISTANCE: &str = "cosine";
 
+/// The contents of `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format of this file; readers refuse versions they do not know.
@@ -21,6 +25,7 @@ pub struct Manifest {
     pub version: u64,
     /// The model whose embeddings the segments hold.
     pub model: ModelRef,
+    /// The distance the vectors are compared with.
     pub distance: String,
     /// Live segments, oldest first (ascending `sequence`).
     pub segments: Vec<SegmentEntry>,
@@ -31,12 +36,14 @@ pub struct Manifest {
     pub next_sequence: u64,
 }
 
+/// One segment of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentEntry {
     /// File name under `segments/`.
     pub name: String,
     /// Items stored in the segment (including ones hidden by newer segments or deletions).
     pub items: u64,
+    /// The file's size.
     pub bytes: u64,
     /// Hex sha256 of the segment file; downloads are verified against it.
     pub sha256: String,
@@ -47,13 +54,19 @@ pub struct SegmentEntry {
     pub level: u32,
 }
 
+/// Why a manifest cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// Written by another format version.
     #[error(
         "index manifest has format version {found}, this build of lookalike reads version {FORMAT_VERSION}: \
          upgrade lookalike (or rebuild the index)"
     )]
-    UnknownFormat { found: u64 },
+    UnknownFormat {
+        /// The manifest's format version.
+        found: u64,
+    },
+    /// Not a valid manifest.
     #[error("index manifest is not valid: {0}")]
     Invalid(String),
 }
@@ -105,6 +118,7 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The JSON bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
         v.push(b'\n');
@@ -150,10 +164,12 @@ impl Manifest {
         self.deleted.get(key).is_some_and(|&d| seq < d)
     }
 
+    /// Items in all segments (deleted ones included).
     pub fn total_items(&self) -> u64 {
         self.segments.iter().map(|s| s.items).sum()
     }
 
+    /// Bytes of all segments.
     pub fn total_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
     }

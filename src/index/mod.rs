@@ -118,14 +118,17 @@ impl Index {
         Ok(index)
     }
 
+    /// The store the index lives in.
     pub fn store(&self) -> &DynStore {
         &self.store
     }
 
+    /// The local segment cache.
     pub fn cache(&self) -> &SegmentCache {
         &self.cache
     }
 
+    /// The model the index was opened with (checked against every manifest).
     pub fn model(&self) -> Option<&ModelRef> {
         self.model.as_ref()
     }

@@ -21,6 +21,7 @@ use rand::SeedableRng;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
+/// The segment format this build writes and reads (recorded in every segment).
 pub const SEGMENT_FORMAT: &str = "1";
 const ARROY_INDEX: u16 = 0;
 /// Largest address space reserved while building a segment (nothing is allocated up front).
@@ -45,28 +46,40 @@ pub struct ItemRecord {
     pub key: String,
     /// Where the key lives: `s3://bucket/prefix` or a local folder.
     pub source: String,
+    /// The object's ETag when it was indexed.
     pub etag: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its category (the key's folder).
     pub category: String,
     /// User metadata (S3 `x-amz-meta-*` and CSV columns).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Why a segment cannot be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
+    /// LMDB failed.
     #[error("LMDB error on segment {0}: {1}")]
     Lmdb(String, #[source] heed::Error),
+    /// arroy failed.
     #[error("arroy error on segment {0}: {1}")]
     Arroy(String, #[source] arroy::Error),
+    /// A file operation failed.
     #[error("I/O error on segment {0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// The file is not a segment of this format.
     #[error("segment {0} is not a lookalike segment: {1}")]
     Invalid(String, String),
+    /// A vector of the wrong size.
     #[error("embedding of {key} has {got} dimensions, the index has {want}")]
     Dims {
+        /// The item's key.
         key: String,
+        /// The vector's dimensions.
         got: usize,
+        /// The segment's.
         want: usize,
     },
 }
@@ -81,6 +94,7 @@ type Info = Database<'static, Str, Str>;
 pub struct BuildParams {
     /// Number of random-projection trees; `None` picks one from the item count.
     pub n_trees: Option<usize>,
+    /// Seed of the trees' random projections.
     pub seed: u64,
 }
 
@@ -217,8 +231,11 @@ pub struct Segment {
     vectors: Vectors,
     items: Items,
     keys: Keys,
+    /// The model that made the vectors.
     pub model_id: String,
+    /// Embedding dimensions.
     pub dims: usize,
+    /// Items in the segment.
     pub len: u32,
 }
 
@@ -315,6 +332,7 @@ impl Segment {
         })
     }
 
+    /// The segment file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -348,16 +366,19 @@ impl Segment {
         Ok(out)
     }
 
+    /// The item id of `key`, if the segment holds it.
     pub fn id_of(&self, key: &str) -> Result<Option<u32>, SegmentError> {
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
         self.keys.get(&rtxn, key).map_err(|e| self.lmdb(e))
     }
 
+    /// The record of item `id`.
     pub fn record(&self, id: u32) -> Result<Option<ItemRecord>, SegmentError> {
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
         self.items.get(&rtxn, &id).map_err(|e| self.lmdb(e))
     }
 
+    /// The vector of item `id`.
     pub fn vector(&self, id: u32) -> Result<Option<Vec<f32>>, SegmentError> {
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
         let reader =

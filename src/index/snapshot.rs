@@ -13,13 +13,16 @@ use super::IndexError;
 /// Default multiplier of arroy's `search_k` (`k * n_trees * factor` nodes visited per segment).
 pub const DEFAULT_SEARCH_K_FACTOR: usize = 40;
 
+/// A consistent read view of an index: one manifest and its open segments, with each segment's live items.
 pub struct Snapshot {
+    /// The manifest this view is of.
     pub manifest: Manifest,
     /// ETag of the manifest object this snapshot was read from (`None` for an empty index).
     pub etag: Option<String>,
     /// Newest first.
     segments: Vec<LiveSegment>,
     live_items: u64,
+    /// Candidates arroy looks at per result (`search_k = k × factor` per segment).
     pub search_k_factor: usize,
 }
 
@@ -34,6 +37,7 @@ struct LiveSegment {
 /// One search hit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
+    /// The item's record.
     pub record: ItemRecord,
     /// Cosine similarity in [-1, 1].
     pub score: f32,
@@ -212,14 +216,17 @@ impl Snapshot {
         }
     }
 
+    /// The manifest version.
     pub fn version(&self) -> u64 {
         self.manifest.version
     }
 
+    /// Items searchable in this view.
     pub fn live_items(&self) -> u64 {
         self.live_items
     }
 
+    /// Segments in this view.
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }

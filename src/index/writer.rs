@@ -136,6 +136,7 @@ pub async fn backoff(attempt: usize) {
 /// [`BuiltSegment::install`] moves it into the cache once a manifest lists it.
 #[derive(Debug)]
 pub struct BuiltSegment {
+    /// The manifest entry that will list it.
     pub entry: SegmentEntry,
     work: tempfile::TempDir,
 }
@@ -246,7 +247,10 @@ pub enum CompactionPolicy {
     /// Merge everything into one segment.
     All,
     /// Tiered: when `fanout` or more segments share a level, merge them into one of the next level.
-    Tiered { fanout: usize },
+    Tiered {
+        /// Segments of one level that trigger a merge.
+        fanout: usize,
+    },
 }
 
 impl Default for CompactionPolicy {
@@ -258,8 +262,11 @@ impl Default for CompactionPolicy {
 /// Outcome of a compaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compaction {
+    /// The segments merged.
     pub merged: Vec<String>,
+    /// The merged segment (none when every input item was deleted).
     pub output: Option<SegmentEntry>,
+    /// The manifest version committed.
     pub version: u64,
 }
 

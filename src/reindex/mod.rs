@@ -59,7 +59,9 @@ pub const MAX_ATTEMPTS: usize = 16;
 pub struct ReindexReport {
     /// `false` when the index already used the new model: nothing was done.
     pub swapped: bool,
+    /// The model the index had.
     pub old_model: ModelRef,
+    /// The model it has now.
     pub new_model: ModelRef,
     /// The manifest version now (after a swap: the old version + 1).
     pub version: u64,
@@ -76,6 +78,7 @@ pub struct ReindexReport {
     pub attempts: usize,
     /// Segments of the index now.
     pub segments: Vec<String>,
+    /// Wall time.
     pub seconds: f64,
 }
 
@@ -89,7 +92,9 @@ pub struct Reindexer {
     /// Where all images are now, replacing the source recorded with each item (a folder that
     /// moved). The new records name it as their source.
     pub source: Option<DynStore>,
+    /// Limits on the images.
     pub limits: Limits,
+    /// Segment build parameters.
     pub build: BuildParams,
     /// Items per new segment.
     pub segment_items: usize,
@@ -211,10 +216,12 @@ pub struct ReindexJob<'a> {
 }
 
 impl ReindexJob<'_> {
+    /// The model the index has (the run's starting point).
     pub fn old_model(&self) -> &ModelRef {
         &self.old_model
     }
 
+    /// The model the run reindexes with.
     pub fn new_model(&self) -> &ModelRef {
         &self.new_model
     }

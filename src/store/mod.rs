@@ -19,6 +19,7 @@ pub use s3::S3Store;
 pub struct ObjectMeta {
     /// Key relative to the store's root.
     pub key: String,
+    /// Size in bytes.
     pub size: u64,
     /// Opaque version tag (S3 ETag without quotes; a content hash on the local store).
     pub etag: String,
@@ -29,7 +30,9 @@ pub struct ObjectMeta {
 /// A fetched object.
 #[derive(Debug, Clone)]
 pub struct Object {
+    /// The object's bytes.
     pub bytes: Bytes,
+    /// Its metadata.
     pub meta: ObjectMeta,
 }
 
@@ -38,21 +41,27 @@ pub struct Object {
 pub enum GetResult {
     /// The object's etag equals the one given: nothing was transferred.
     NotModified,
+    /// The object.
     Found(Object),
 }
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No object under the key.
     #[error("object not found: {0}")]
     NotFound(String),
     /// A conditional write lost: the object exists (put-if-absent) or changed (put-if-match).
     /// S3's 409 ConditionalRequestConflict maps here too: the caller re-reads and retries.
     #[error("precondition failed for {0}")]
     PreconditionFailed(String),
+    /// A key the store refuses (empty, `..`, too long, ...).
     #[error("invalid key {0:?}: {1}")]
     InvalidKey(String, &'static str),
+    /// Not a folder or `s3://bucket/prefix`.
     #[error("invalid store location {0:?}: {1}")]
     InvalidLocation(String, String),
+    /// A local file operation failed.
     #[error("I/O error on {0}: {1}")]
     Io(String, #[source] std::io::Error),
     /// The backend could not be reached or answered with an error (network, auth, throttling).
@@ -60,8 +69,10 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// A store operation's result.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// An object store: the operations lookalike needs, on a local folder or S3.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Human-readable location, e.g. `s3://bucket/prefix` or `/abs/path`.
@@ -91,6 +102,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A shared object store.
 pub type DynStore = Arc<dyn ObjectStore>;
 
 /// Objects fetched at once by the passes that read many source images (ingest, reindex, train).

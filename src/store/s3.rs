@@ -108,10 +108,12 @@ impl S3Store {
         })
     }
 
+    /// The S3 client.
     pub fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
     }
 
+    /// The bucket.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
