@@ -67,9 +67,9 @@ pub enum ReindexError {
         key: String,
         /// The new model's id.
         model: String,
-        /// Why.
+        /// Why (boxed: it is large, and this is the rare path).
         #[source]
-        source: EncodeError,
+        source: Box<EncodeError>,
     },
     /// Another reindex swapped in another model meanwhile.
     #[error(

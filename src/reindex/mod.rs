@@ -346,7 +346,7 @@ impl ReindexJob<'_> {
                 Some(Err(source)) => Err(ReindexError::Encode {
                     key: record.key,
                     model: self.new_model.id.clone(),
-                    source,
+                    source: Box::new(source),
                 }),
             })
             .collect()

@@ -332,7 +332,7 @@ impl ObjectStore for S3Store {
     }
 
     /// One GET; or, with a part size set, the first part comes with the object's size and the
-    /// other parts are ranged GETs (at most [`DOWNLOAD_CONCURRENCY`] at a time, each pinned to the
+    /// other parts are ranged GETs (at most `DOWNLOAD_CONCURRENCY` at a time, each pinned to the
     /// first part's ETag) written at their offsets. A failed download leaves no file behind.
     async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta> {
         validate_key(key)?;

@@ -60,8 +60,7 @@ pub(super) fn export(
         path: base_path,
         source,
     })?;
-    let onnx = fine_tuned::extend(&base_onnx, base.card(), &layer)
-        .map_err(|e| TrainError::Extend(e.into()))?;
+    let onnx = fine_tuned::extend(&base_onnx, base.card(), &layer).map_err(TrainError::Extend)?;
     let name = opts
         .name
         .clone()
@@ -166,7 +165,7 @@ pub(super) async fn check(
 pub(super) fn write_file(path: &Path, data: &[u8]) -> Result<(), TrainError> {
     write_atomic(path, data).map_err(|e| TrainError::Write {
         path: path.to_path_buf(),
-        source: e.into(),
+        source: e,
     })
 }
 
