@@ -5,7 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::model::import::{pip_download, wheels_with_prefix, FileError, PipError};
+use crate::model::import::{wheels_with_prefix, FileError};
+use crate::model::pip::{pip_download, PipError};
 
 /// The package whose sample photos the demo uses, and the folder inside its wheel.
 pub const PACKAGE: &str = "scikit-image";

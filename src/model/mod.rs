@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod fine_tuned;
 pub mod import;
 pub mod onnx_export;
+pub mod pip;
 pub mod torch;
 
 pub use card::{Layout, ModelCard, ModelRef, Normalize, Pooling, ResizeRule, CARD_FILE, ONNX_FILE};
