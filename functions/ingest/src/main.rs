@@ -13,8 +13,13 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     lookalike::lambda::init_logging();
     let start = Instant::now();
-    let config = Config::from_env()?;
-    let function = Arc::new(lookalike_ingest::init(&config).await?);
+    // An init error ends the process: logged as one JSON line with its message (and what caused
+    // it), then returned as the typed error, which Lambda reports as the init failure.
+    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    let function = lookalike_ingest::init(&config)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    let function = Arc::new(function);
     tracing::info!(
         index = %config.env.index,
         model = %config.env.model.display(),

@@ -11,8 +11,12 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lookalike::lambda::init_logging();
-    let config = Config::from_env()?;
-    let (service, report) = lookalike_query::init(&config).await?;
+    // An init error ends the process: logged as one JSON line with its message (and what caused
+    // it), then returned as the typed error, which Lambda reports as the init failure.
+    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
+    let (service, report) = lookalike_query::init(&config)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "init failed"))?;
     match &report.snapshot_error {
         None => tracing::info!(index = %config.env.index, init = ?report, "initialised"),
         Some(e) => {
