@@ -47,7 +47,8 @@ pub struct Batch {
     pub ignored: usize,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// A payload that is not an S3 or SQS event this function handles.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
     #[error("not an S3 or SQS event: {0}")]
     Unrecognised(String),

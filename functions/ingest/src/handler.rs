@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use crate::events::{self, Batch, Change, Delivery, Notice};
+use crate::events::{self, Batch, Change, Delivery, EventError, Notice};
 
 /// The function's state, created once per container.
 pub struct IngestFunction {
@@ -64,17 +64,6 @@ pub struct Summary {
     pub times_ms: StageMs,
 }
 
-/// Why an invocation answers the runtime with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ResponseError {
-    /// A direct invocation did not commit everything (Lambda retries it); the message says what.
-    #[error("{0}")]
-    Failed(String),
-    /// The response could not be serialised.
-    #[error("cannot serialise the response: {0}")]
-    Serialize(#[from] serde_json::Error),
-}
-
 /// What an invocation produced.
 #[derive(Debug, Clone)]
 pub struct Handled {
@@ -82,8 +71,47 @@ pub struct Handled {
     /// SQS message ids to retry.
     pub failed_messages: Vec<String>,
     /// Why a direct invocation failed (the Lambda then reports an error and is retried).
-    pub error: Option<String>,
+    pub error: Option<InvocationError>,
     pub delivery: Delivery,
+}
+
+/// Why an invocation failed as a whole (a direct invocation reports it to Lambda, which retries).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvocationError {
+    /// The payload is not an event this function handles.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The ingest of one bucket's objects did not commit.
+    #[error("ingest of s3://{bucket} failed: {source}")]
+    Ingest {
+        /// The images' bucket.
+        bucket: String,
+        /// Why it failed.
+        #[source]
+        source: Arc<IndexError>,
+    },
+    /// Some objects could not be fetched (the others were committed).
+    #[error("{0} objects could not be fetched; retry")]
+    Unfetched(usize),
+}
+
+/// Two invocation errors are equal when they say the same (the index's errors are not
+/// comparable otherwise).
+impl PartialEq for InvocationError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+/// Why [`Handled::response`] has no response for the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// The invocation failed (a direct invocation: Lambda retries it).
+    #[error(transparent)]
+    Invocation(#[from] InvocationError),
+    /// The response cannot be serialised.
+    #[error("cannot serialise the response: {0}")]
+    Serialize(#[from] serde_json::Error),
 }
 
 impl Handled {
@@ -100,7 +128,7 @@ impl Handled {
                 Ok(serde_json::to_value(r)?)
             }
             Delivery::Direct => match &self.error {
-                Some(e) => Err(ResponseError::Failed(e.clone())),
+                Some(e) => Err(e.clone().into()),
                 None => Ok(serde_json::to_value(&self.summary)?),
             },
         }
@@ -165,7 +193,7 @@ impl IngestFunction {
                 return Handled {
                     summary: Summary::default(),
                     failed_messages: Vec::new(),
-                    error: Some(e.to_string()),
+                    error: Some(e.into()),
                     delivery: Delivery::Direct,
                 };
             }
@@ -246,15 +274,15 @@ impl IngestFunction {
                     for key in keys.keys() {
                         failed_messages.extend(messages_of(key));
                     }
-                    error = Some(format!("ingest of s3://{bucket} failed: {e}"));
+                    error = Some(InvocationError::Ingest {
+                        bucket: bucket.clone(),
+                        source: Arc::new(e),
+                    });
                 }
             }
         }
         if batch.delivery == Delivery::Direct && error.is_none() && summary.failed > 0 {
-            error = Some(format!(
-                "{} objects could not be fetched; retry",
-                summary.failed
-            ));
+            error = Some(InvocationError::Unfetched(summary.failed));
         }
         let mut failed_messages: Vec<String> = failed_messages.into_iter().collect();
         failed_messages.sort();

@@ -10,7 +10,7 @@ pub mod config;
 pub mod events;
 pub mod handler;
 
-pub use handler::{Handled, IngestFunction, ResponseError, StageMs, Summary};
+pub use handler::{Handled, IngestFunction, InvocationError, ResponseError, StageMs, Summary};
 
 use std::sync::Arc;
 
