@@ -7,8 +7,6 @@
 //!    (real embeddings + Gaussian noise), for several search_k factors; latency p50/p99; bytes/item.
 //! 3. `lookalike index` on clothing-small: images/s and peak memory (/usr/bin/time).
 
-mod support;
-
 use std::path::Path;
 use std::time::Instant;
 
@@ -17,7 +15,7 @@ use lookalike::preprocess::Limits;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rayon::prelude::*;
-use support::{
+use testkit::bench::{
     build_index, dataset_images, dot, percentile, publish, record, synth_between, DATASET, MODEL,
 };
 
@@ -82,7 +80,7 @@ async fn main() {
     md += &format!(
         "\n`lookalike index ../shared/datasets/clothing-small` (release, {} cores, model load included): \
          {secs:.1} s for {} images = **{rate:.1} images/s**, peak RSS **{:.0} MiB**.\n",
-        support::cores(),
+        testkit::bench::cores(),
         n_images,
         peak_kib / 1024.0
     );

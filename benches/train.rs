@@ -9,14 +9,12 @@
 //! for EfficientNet-Lite2 (imported with `lookalike model import`). Then, from the warm cache,
 //! the embedding's parts alone and no augmentation, and three more split seeds of both bases.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 
 use lookalike::store::{DynStore, LocalStore};
 use lookalike::train::{self, TrainOptions, TrainReport};
-use support::publish;
+use testkit::bench::publish;
 
 async fn run(
     data: &Path,
@@ -80,16 +78,16 @@ fn cold_line(name: &str, r: &TrainReport) -> String {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let Some((data, model)) = support::dataset_and_model() else {
+    let Some((data, model)) = testkit::bench::dataset_and_model() else {
         return;
     };
-    let lite2 = support::repo_root().join(".lookalike/bench/efficientnet-lite2");
+    let lite2 = testkit::bench::repo_root().join(".lookalike/bench/efficientnet-lite2");
     if !lite2.join("encoder.onnx").exists() {
         println!("importing efficientnet-lite2 into {} ...", lite2.display());
         lookalike::model::import::import(
             "efficientnet-lite2",
             &lite2,
-            &support::repo_root().join(".lookalike/cache/pip"),
+            &testkit::bench::repo_root().join(".lookalike/cache/pip"),
             None,
         )
         .expect("importing efficientnet-lite2");
@@ -181,7 +179,7 @@ async fn main() {
         mean(&before, true),
         mean(&layer, true),
         mean(&after, true),
-        cores = support::cores(),
+        cores = testkit::bench::cores(),
         train = cold.images.train,
         val = cold.images.validation,
         test = cold.images.test,

@@ -1,16 +1,15 @@
 //! The `lookalike` command as a user runs it: index a folder, query, stats, delete, compact, and
 //! the errors a user sees. Needs the imported model (scripts/test.sh imports it).
 
-mod common;
-
-use common::cli::{failed, lookalike, ok};
+use testkit::cli::{failed, ok};
+use testkit::lookalike;
 
 #[test]
 fn index_query_stats_delete_compact() {
-    if common::encoder().is_none() {
+    if testkit::encoder().is_none() {
         return;
     }
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
     let photos = dir.path().join("photos");
     for (cat, name) in [
         ("animals", "chelsea.jpg"),
@@ -18,7 +17,7 @@ fn index_query_stats_delete_compact() {
         ("vehicles", "rocket.jpg"),
     ] {
         std::fs::create_dir_all(photos.join(cat)).unwrap();
-        std::fs::copy(common::fixture(name), photos.join(cat).join(name)).unwrap();
+        std::fs::copy(testkit::fixture(name), photos.join(cat).join(name)).unwrap();
     }
     std::fs::write(photos.join("animals/broken.jpg"), b"not a jpeg").unwrap();
     std::fs::write(photos.join("notes.txt"), b"not an image name").unwrap();
@@ -28,7 +27,7 @@ fn index_query_stats_delete_compact() {
     )
     .unwrap();
 
-    let out = ok(lookalike(
+    let out = ok(lookalike!(
         dir.path(),
         &["index", "photos", "--metadata", "meta.csv"],
     ));
@@ -39,7 +38,7 @@ fn index_query_stats_delete_compact() {
     );
     assert!(out.contains("ignored 1 files"), "{out}");
 
-    let out = ok(lookalike(
+    let out = ok(lookalike!(
         dir.path(),
         &["query", "photos/animals/chelsea.jpg", "-k", "2", "--json"],
     ));
@@ -49,7 +48,7 @@ fn index_query_stats_delete_compact() {
     assert_eq!(v["results"][0]["metadata"]["title"], "Chelsea");
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
 
-    let out = ok(lookalike(
+    let out = ok(lookalike!(
         dir.path(),
         &[
             "query",
@@ -62,7 +61,7 @@ fn index_query_stats_delete_compact() {
         out.contains("vehicles/rocket.jpg") && !out.contains("drinks/coffee.jpg"),
         "{out}"
     );
-    let out = ok(lookalike(
+    let out = ok(lookalike!(
         dir.path(),
         &["query", "--key", "drinks/coffee.jpg", "--json"],
     ));
@@ -70,26 +69,26 @@ fn index_query_stats_delete_compact() {
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
 
     let v: serde_json::Value =
-        serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
+        serde_json::from_str(&ok(lookalike!(dir.path(), &["stats", "--json"]))).unwrap();
     assert_eq!(v["items"], 3);
     assert_eq!(v["segments"], 1);
     assert_eq!(v["version"], 1);
 
     // Indexing again changes nothing.
-    let out = ok(lookalike(dir.path(), &["index", "photos"]));
+    let out = ok(lookalike!(dir.path(), &["index", "photos"]));
     assert!(
         out.contains("indexed 0 images (3 already indexed)"),
         "{out}"
     );
 
-    ok(lookalike(dir.path(), &["delete", "vehicles/rocket.jpg"]));
+    ok(lookalike!(dir.path(), &["delete", "vehicles/rocket.jpg"]));
     let v: serde_json::Value =
-        serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
+        serde_json::from_str(&ok(lookalike!(dir.path(), &["stats", "--json"]))).unwrap();
     assert_eq!(v["items"], 2);
-    let out = ok(lookalike(dir.path(), &["compact", "--all"]));
+    let out = ok(lookalike!(dir.path(), &["compact", "--all"]));
     assert!(out.contains("merged 1 segments"), "{out}");
     let v: serde_json::Value =
-        serde_json::from_str(&ok(lookalike(dir.path(), &["stats", "--json"]))).unwrap();
+        serde_json::from_str(&ok(lookalike!(dir.path(), &["stats", "--json"]))).unwrap();
     assert_eq!(v["items"], 2);
     assert_eq!(v["stored_items"], 2);
     assert_eq!(v["deletions"], 0);
@@ -97,10 +96,10 @@ fn index_query_stats_delete_compact() {
 
 #[test]
 fn clear_errors() {
-    let dir = common::tempdir();
-    let e = failed(lookalike(dir.path(), &["index", "no-such-folder"]));
+    let dir = testkit::tempdir();
+    let e = failed(lookalike!(dir.path(), &["index", "no-such-folder"]));
     assert!(e.contains("no-such-folder is not a folder"), "{e}");
-    let e = failed(lookalike(
+    let e = failed(lookalike!(
         dir.path(),
         &["query", "x.jpg", "--model", "nowhere"],
     ));
@@ -109,7 +108,7 @@ fn clear_errors() {
         "{e}"
     );
     std::fs::write(dir.path().join("q.jpg"), b"junk").unwrap();
-    let e = failed(lookalike(
+    let e = failed(lookalike!(
         dir.path(),
         &["query", "q.jpg", "--model", "nowhere"],
     ));
@@ -117,12 +116,12 @@ fn clear_errors() {
         e.contains("no model in nowhere") && e.contains("lookalike model import"),
         "{e}"
     );
-    let e = failed(lookalike(dir.path(), &["query", "q.jpg", "-k", "0"]));
+    let e = failed(lookalike!(dir.path(), &["query", "q.jpg", "-k", "0"]));
     assert!(e.contains("k must be between 1 and 100"), "{e}");
-    let e = failed(lookalike(dir.path(), &["query", "--key", "nope.jpg"]));
+    let e = failed(lookalike!(dir.path(), &["query", "--key", "nope.jpg"]));
     assert!(e.contains("nope.jpg"), "{e}");
-    if common::encoder().is_some() {
-        let e = failed(lookalike(dir.path(), &["query", "q.jpg"]));
+    if testkit::encoder().is_some() {
+        let e = failed(lookalike!(dir.path(), &["query", "q.jpg"]));
         assert!(e.contains("cannot use the query image"), "{e}");
     }
 }

@@ -11,16 +11,14 @@
 //! builds: scripts/test-arm64.sh). Skipped (SKIPPED line) without cargo-lambda, the binaries or
 //! the model, unless `LOOKALIKE_REQUIRE_E2E=1` (scripts/test.sh sets it).
 
-mod common;
-
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lambda::{delete_object, event, put_object};
-use common::moto::{unique_bucket, MotoServer};
 use serde_json::{json, Value};
+use testkit::lambda::{delete_object, event, put_object};
+use testkit::moto::{unique_bucket, MotoServer};
 
 const INGEST: &str = "lookalike-ingest";
 const QUERY: &str = "lookalike-query";
@@ -37,7 +35,7 @@ fn skip(why: &str) {
 }
 
 fn cargo_lambda() -> Option<PathBuf> {
-    let p = common::repo_root().join(".venv/bin/cargo-lambda");
+    let p = testkit::repo_root().join(".venv/bin/cargo-lambda");
     p.exists().then_some(p)
 }
 
@@ -52,7 +50,7 @@ fn binary(name: &str) -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    common::moto::free_port().unwrap()
+    testkit::moto::free_port().unwrap()
 }
 
 /// A child process killed (with its process group) when dropped.
@@ -93,7 +91,7 @@ impl Emulator {
             .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
             .arg(port.to_string())
             .arg("--manifest-path")
-            .arg(common::repo_root().join("Cargo.toml"))
+            .arg(testkit::repo_root().join("Cargo.toml"))
             .args(["--timeout", "300"]);
         let mut proc = spawn(cmd, "emulator", log);
         let start = Instant::now();
@@ -190,7 +188,7 @@ fn upload_ingest_event_then_query_events_find_the_image() {
     let (Some(ingest_bin), Some(query_bin)) = (binary(INGEST), binary(QUERY)) else {
         return skip("the function binaries are not built (cargo test --workspace builds them)");
     };
-    let model = common::model_dir();
+    let model = testkit::model_dir();
     if !model.join("encoder.onnx").exists() {
         return skip("the model is not imported");
     }
@@ -198,10 +196,10 @@ fn upload_ingest_event_then_query_events_find_the_image() {
         return;
     };
     let bucket = unique_bucket("e2e");
-    common::block_on(moto.create_bucket(&bucket));
+    testkit::block_on(moto.create_bucket(&bucket));
     let client = moto.client();
-    let fixture = |n: &str| std::fs::read(common::fixture(n)).unwrap();
-    common::block_on(async {
+    let fixture = |n: &str| std::fs::read(testkit::fixture(n)).unwrap();
+    testkit::block_on(async {
         // The keys the events/ files name (the put event's key is URL-encoded).
         put_object(
             &client,
@@ -229,8 +227,8 @@ fn upload_ingest_event_then_query_events_find_the_image() {
         .await;
     });
 
-    let log = common::tempdir();
-    let cache = common::tempdir();
+    let log = testkit::tempdir();
+    let cache = testkit::tempdir();
     let mut env: Vec<(String, String)> = moto
         .env_vars()
         .into_iter()
@@ -299,7 +297,7 @@ fn upload_ingest_event_then_query_events_find_the_image() {
     }
 
     // Delete the object, then the delete event: gone from the answers.
-    common::block_on(delete_object(
+    testkit::block_on(delete_object(
         &client,
         &bucket,
         "catalog/cats/chelsea the cat.jpg",
@@ -317,7 +315,7 @@ fn upload_ingest_event_then_query_events_find_the_image() {
 #[test]
 fn env_json_matches_the_template() {
     let env = event("env.json", "lookalike-images");
-    let template = std::fs::read_to_string(common::repo_root().join("template.yaml")).unwrap();
+    let template = std::fs::read_to_string(testkit::repo_root().join("template.yaml")).unwrap();
     for function in ["IngestFunction", "QueryFunction"] {
         assert!(
             template.contains(&format!("\n  {function}:\n")),

@@ -2,18 +2,12 @@
 //! a local folder and S3 on a local moto server. Vectors are synthetic here so the tests need no
 //! model; tests/ingest.rs covers the path from image bytes.
 
-mod common;
-/// Needs async-trait, which only the root crate's tests have.
-#[path = "common/faults.rs"]
-mod faults;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use faults::{Fault, FaultyStore};
 use lookalike::index::manifest::{segment_key, Manifest, MANIFEST_KEY};
 use lookalike::index::segment::{BuildParams, ItemRecord};
 use lookalike::index::writer::{self, CompactionPolicy};
@@ -22,6 +16,7 @@ use lookalike::model::ModelRef;
 use lookalike::store::{DynStore, LocalStore};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use testkit::faults::{Fault, FaultyStore};
 
 const DIMS: usize = 16;
 
@@ -62,7 +57,7 @@ async fn stores() -> Vec<(&'static str, DynStore)> {
     let mut v: Vec<(&'static str, DynStore)> = Vec::new();
     let dir = tempfile::tempdir().unwrap().keep();
     v.push(("local", Arc::new(LocalStore::new(&dir).unwrap())));
-    if let Some(store) = common::s3_store("index").await {
+    if let Some(store) = testkit::s3_store("index").await {
         v.push(("s3", store));
     }
     v

@@ -1,13 +1,10 @@
 //! Ingest and query from image bytes, through the real encoder, on the local store and on S3
 //! (moto). Skipped with a message when the model has not been imported (scripts/test.sh does it).
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::synthetic_jpeg;
 use lookalike::catalog::MetadataTable;
 use lookalike::index::segment::BuildParams;
 use lookalike::index::Index;
@@ -16,6 +13,7 @@ use lookalike::model::encoder::Encoder;
 use lookalike::preprocess::Limits;
 use lookalike::query;
 use lookalike::store::{DynStore, LocalStore, ObjectMeta};
+use testkit::synthetic_jpeg;
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -50,8 +48,8 @@ async fn setups(encoder: &Arc<Encoder>) -> Vec<(&'static str, Setup)> {
         Arc::new(LocalStore::new(d.join("index")).unwrap()),
     ));
     if let (Some(images), Some(index)) = (
-        common::s3_store("images").await,
-        common::s3_store("index").await,
+        testkit::s3_store("images").await,
+        testkit::s3_store("index").await,
     ) {
         pairs.push(("s3", images, index));
     }
@@ -73,7 +71,7 @@ async fn setups(encoder: &Arc<Encoder>) -> Vec<(&'static str, Setup)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
-    let Some(encoder) = common::encoder() else {
+    let Some(encoder) = testkit::encoder() else {
         return;
     };
     for (name, mut s) in setups(&encoder).await {
@@ -213,7 +211,7 @@ async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_ingests_of_25_images_make_exactly_200_items() {
-    let Some(encoder) = common::encoder() else {
+    let Some(encoder) = testkit::encoder() else {
         return;
     };
     for (name, s) in setups(&encoder).await {

@@ -1,8 +1,6 @@
 //! The model layer's Makefile, as `sam build` runs it: `make build-ModelLayer ARTIFACTS_DIR=...`
 //! must leave model/encoder.onnx and model/model.json in the artifacts folder.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -39,21 +37,21 @@ fn layer_makefile_ships_a_model_folder() {
         println!("SKIPPED: make is not installed");
         return;
     }
-    if common::encoder().is_none() {
+    if testkit::encoder().is_none() {
         return;
     }
-    let artifacts = common::tempdir();
+    let artifacts = testkit::tempdir();
     let card = build_layer(
         artifacts.path(),
-        &[format!("MODEL_DIR={}", common::model_dir().display())],
+        &[format!("MODEL_DIR={}", testkit::model_dir().display())],
     );
-    assert_eq!(card.id, common::encoder().unwrap().model_id());
+    assert_eq!(card.id, testkit::encoder().unwrap().model_id());
     let size = std::fs::metadata(artifacts.path().join("model/encoder.onnx"))
         .unwrap()
         .len();
     assert_eq!(
         size,
-        std::fs::metadata(common::model_dir().join("encoder.onnx"))
+        std::fs::metadata(testkit::model_dir().join("encoder.onnx"))
             .unwrap()
             .len()
     );
@@ -83,7 +81,7 @@ fn layer_makefile_imports_the_default_model() {
         );
         return;
     }
-    let artifacts = common::tempdir();
+    let artifacts = testkit::tempdir();
     let card = build_layer(artifacts.path(), &[]);
     assert_eq!(card.id, "efficientnet-lite0-imagenet-57934424");
     assert_eq!(card.dims, 1280);

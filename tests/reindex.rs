@@ -5,20 +5,12 @@
 //! Model B is the default model's ONNX graph read at its `logits` output (1000-d, no pooling)
 //! under another id: a real, different embedding with different dimensions.
 
-mod common;
-/// Needs async-trait, which only the root crate's tests have.
-#[path = "common/faults.rs"]
-mod faults;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use common::cli::{failed, lookalike, ok};
-use common::synthetic_jpeg;
-use faults::{Fault, FaultyStore};
 use lookalike::catalog::MetadataTable;
 use lookalike::index::manifest::{Manifest, MANIFEST_KEY, SEGMENTS_PREFIX};
 use lookalike::index::segment::{BuildParams, ItemRecord};
@@ -30,12 +22,16 @@ use lookalike::preprocess::Limits;
 use lookalike::query;
 use lookalike::reindex::{ReindexError, ReindexReport, Reindexer, Start};
 use lookalike::store::{DynStore, GetResult, LocalStore, StoreError, StoreResult};
+use testkit::cli::{failed, ok};
+use testkit::faults::{Fault, FaultyStore};
+use testkit::lookalike;
+use testkit::synthetic_jpeg;
 
 const MODEL_B_ID: &str = "efficientnet-lite0-logits-test";
 
 /// Write model B into `dir`: the default model's ONNX file with a card that reads `logits`.
 fn write_model_b(dir: &Path) {
-    let a = common::model_dir();
+    let a = testkit::model_dir();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(a.join("encoder.onnx"), dir.join("encoder.onnx")).unwrap();
     let mut card: serde_json::Value =
@@ -56,9 +52,9 @@ fn write_model_b(dir: &Path) {
 /// Models A (the default) and B, loaded once; `None` (after a SKIPPED line) without the model.
 fn models() -> Option<(Arc<Encoder>, Arc<Encoder>)> {
     static B: OnceLock<Arc<Encoder>> = OnceLock::new();
-    let a = common::encoder()?;
+    let a = testkit::encoder()?;
     let b = B.get_or_init(|| {
-        let dir = common::tempdir();
+        let dir = testkit::tempdir();
         write_model_b(dir.path());
         Arc::new(Encoder::load(dir.path()).unwrap())
     });
@@ -68,7 +64,7 @@ fn models() -> Option<(Arc<Encoder>, Arc<Encoder>)> {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(common::fixture(name)).unwrap()
+    std::fs::read(testkit::fixture(name)).unwrap()
 }
 
 /// An image source and an index, with an ingester of model A.
@@ -82,16 +78,16 @@ struct World {
 
 impl World {
     async fn local(a: &Arc<Encoder>) -> World {
-        let d = common::tempdir();
+        let d = testkit::tempdir();
         let source: DynStore = Arc::new(LocalStore::new(d.path().join("images")).unwrap());
         let index_store: DynStore = Arc::new(LocalStore::new(d.path().join("index")).unwrap());
         World::new("local", source, index_store, a, d).await
     }
 
     async fn s3(a: &Arc<Encoder>) -> Option<World> {
-        let source = common::s3_store("rx-images").await?;
-        let index_store = common::s3_store("rx-index").await?;
-        Some(World::new("s3", source, index_store, a, common::tempdir()).await)
+        let source = testkit::s3_store("rx-images").await?;
+        let index_store = testkit::s3_store("rx-index").await?;
+        Some(World::new("s3", source, index_store, a, testkit::tempdir()).await)
     }
 
     /// Local, then S3 when moto is there.
@@ -159,7 +155,7 @@ impl World {
 
     /// Another writer: its own `Index` over the same store (another process, another Lambda).
     async fn other_writer(&self) -> (Ingester, tempfile::TempDir) {
-        let cache = common::tempdir();
+        let cache = testkit::tempdir();
         let index = Arc::new(
             Index::open(self.index_store.clone(), cache.path(), None)
                 .await
@@ -186,7 +182,7 @@ impl World {
 
     /// A fresh reader of the index, checking `model` like the query service does.
     async fn open_with(&self, model: &Encoder) -> Result<Index, IndexError> {
-        let cache = common::tempdir().keep();
+        let cache = testkit::tempdir().keep();
         Index::open(self.index_store.clone(), &cache, Some(model.model_ref())).await
     }
 }
@@ -607,12 +603,12 @@ async fn vanished_images_are_dropped_and_broken_ones_abort() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_moved_folder_is_refused_then_read_from_its_new_place() {
     let Some((a, b)) = models() else { return };
-    let d = common::tempdir();
+    let d = testkit::tempdir();
     let old_dir = d.path().join("photos");
     let source: DynStore = Arc::new(LocalStore::new(&old_dir).unwrap());
     let old_location = source.location();
     let index_store: DynStore = Arc::new(LocalStore::new(d.path().join("index")).unwrap());
-    let w = World::new("local", source, index_store, &a, common::tempdir()).await;
+    let w = World::new("local", source, index_store, &a, testkit::tempdir()).await;
     w.add(&patterns(2)).await;
     let before = w.stored_manifest().await;
 
@@ -695,9 +691,9 @@ async fn reindex_onto_the_same_model_is_a_no_op() {
     assert_eq!(w.stored_manifest().await, after);
 
     // An index with no manifest has nothing to reindex.
-    let empty: DynStore = Arc::new(LocalStore::new(common::tempdir().keep()).unwrap());
+    let empty: DynStore = Arc::new(LocalStore::new(testkit::tempdir().keep()).unwrap());
     let index = Arc::new(
-        Index::open(empty, &common::tempdir().keep(), None)
+        Index::open(empty, &testkit::tempdir().keep(), None)
             .await
             .unwrap(),
     );
@@ -710,19 +706,19 @@ async fn reindex_onto_the_same_model_is_a_no_op() {
 
 #[test]
 fn cli_reindex_json_summary_and_errors() {
-    if common::encoder().is_none() {
+    if testkit::encoder().is_none() {
         return;
     }
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
     let photos = dir.path().join("photos");
     for (cat, name) in [("animals", "chelsea.jpg"), ("drinks", "coffee.jpg")] {
         std::fs::create_dir_all(photos.join(cat)).unwrap();
-        std::fs::copy(common::fixture(name), photos.join(cat).join(name)).unwrap();
+        std::fs::copy(testkit::fixture(name), photos.join(cat).join(name)).unwrap();
     }
     write_model_b(&dir.path().join("model-b"));
-    ok(lookalike(dir.path(), &["index", "photos"]));
+    ok(lookalike!(dir.path(), &["index", "photos"]));
 
-    let out = ok(lookalike(
+    let out = ok(lookalike!(
         dir.path(),
         &["reindex", "--model", "model-b", "--json"],
     ));
@@ -735,7 +731,7 @@ fn cli_reindex_json_summary_and_errors() {
     assert_eq!(v["attempts"], 1);
     assert_eq!(v["version"], 2);
 
-    let out = ok(lookalike(
+    let out = ok(lookalike!(
         dir.path(),
         &[
             "query",
@@ -751,29 +747,29 @@ fn cli_reindex_json_summary_and_errors() {
     assert_eq!(v["results"][0]["key"], "drinks/coffee.jpg");
 
     // The old model is refused, naming both.
-    let err = failed(lookalike(
+    let err = failed(lookalike!(
         dir.path(),
         &["query", "photos/drinks/coffee.jpg"],
     ));
     assert!(err.contains(MODEL_B_ID), "{err}");
-    let a = common::encoder().unwrap();
+    let a = testkit::encoder().unwrap();
     assert!(err.contains(a.model_id()), "{err}");
 
-    let out = ok(lookalike(dir.path(), &["reindex", "--model", "model-b"]));
+    let out = ok(lookalike!(dir.path(), &["reindex", "--model", "model-b"]));
     assert!(out.contains("nothing to do"), "{out}");
 
     // Back to A, human summary; then errors exit non-zero with a clear message.
-    let out = ok(lookalike(dir.path(), &["reindex"]));
+    let out = ok(lookalike!(dir.path(), &["reindex"]));
     assert!(
         out.contains("reindexed") && out.contains("2 images encoded"),
         "{out}"
     );
-    let err = failed(lookalike(
+    let err = failed(lookalike!(
         dir.path(),
         &["reindex", "--model", "model-b", "--index", "nothing-here"],
     ));
     assert!(err.contains("nothing to reindex"), "{err}");
-    let err = failed(lookalike(
+    let err = failed(lookalike!(
         dir.path(),
         &[
             "reindex",

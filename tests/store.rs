@@ -1,8 +1,6 @@
 //! One behavioural suite for both object stores (local directory and S3 through moto), plus the
 //! compare-and-swap concurrency checks the index manifest relies on.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::moto::{unique_bucket, MotoServer};
 use lookalike::store::{DynStore, GetResult, LocalStore, ObjectStore, S3Store, StoreError};
+use testkit::moto::{unique_bucket, MotoServer};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -40,7 +38,7 @@ async fn keys(store: &DynStore, prefix: &str) -> Vec<String> {
 
 /// The behaviour every store must have.
 async fn behaviour_suite(store: DynStore) {
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
 
     // Missing objects.
     assert!(store.head("nope/missing.txt").await.unwrap().is_none());
@@ -329,14 +327,14 @@ async fn create_race(store: DynStore, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_behaviour() {
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
     let store: DynStore = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
     behaviour_suite(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_specifics() {
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
     let root = dir.path().join("nested/root");
     let store = LocalStore::new(&root).unwrap();
     assert!(root.is_dir(), "LocalStore::new creates the directory");
@@ -457,7 +455,7 @@ async fn keys_of(store: &LocalStore, prefix: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_compare_and_swap_tasks() {
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
     let store: DynStore = Arc::new(LocalStore::new(dir.path()).unwrap());
     counter_race(vec![store.clone()], "manifest.json", 8, 25).await;
     create_race(store, "segments/one.lmdb").await;
@@ -466,9 +464,9 @@ async fn local_compare_and_swap_tasks() {
 /// Two OS threads, each with its own runtime and its own `LocalStore` on the same root.
 #[test]
 fn local_compare_and_swap_two_instances() {
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
     let root = dir.path().to_path_buf();
-    common::block_on(async {
+    testkit::block_on(async {
         let store = LocalStore::new(&root).unwrap();
         store.put("counter", b("0")).await.unwrap();
     });
@@ -476,7 +474,7 @@ fn local_compare_and_swap_two_instances() {
         .map(|_| {
             let root = root.clone();
             std::thread::spawn(move || {
-                common::block_on(async move {
+                testkit::block_on(async move {
                     let store: DynStore = Arc::new(LocalStore::new(&root).unwrap());
                     let conflicts = Arc::new(AtomicUsize::new(0));
                     let mut tasks = Vec::new();
@@ -498,7 +496,7 @@ fn local_compare_and_swap_two_instances() {
     for t in threads {
         t.join().unwrap();
     }
-    let value = common::block_on(async {
+    let value = testkit::block_on(async {
         let store: DynStore = Arc::new(LocalStore::new(&root).unwrap());
         get_found(&store, "counter").await.bytes
     });
@@ -510,8 +508,8 @@ const CHILD_ROOT_ENV: &str = "LOOKALIKE_TEST_STORE_CHILD_ROOT";
 /// Two processes (this test binary re-run as `local_cas_child`) increment one counter.
 #[test]
 fn local_compare_and_swap_two_processes() {
-    let dir = common::tempdir();
-    common::block_on(async {
+    let dir = testkit::tempdir();
+    testkit::block_on(async {
         LocalStore::new(dir.path())
             .unwrap()
             .put("counter", b("0"))
@@ -546,7 +544,7 @@ fn local_compare_and_swap_two_processes() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let value = common::block_on(async {
+    let value = testkit::block_on(async {
         let store: DynStore = Arc::new(LocalStore::new(dir.path()).unwrap());
         get_found(&store, "counter").await.bytes
     });
@@ -559,7 +557,7 @@ fn local_cas_child() {
     let Some(root) = std::env::var_os(CHILD_ROOT_ENV) else {
         return;
     };
-    common::block_on(async move {
+    testkit::block_on(async move {
         let store: DynStore = Arc::new(LocalStore::new(Path::new(&root)).unwrap());
         let conflicts = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -691,7 +689,7 @@ async fn s3_user_metadata() {
     assert_eq!(head.size, 4);
     let store: DynStore = Arc::new(store);
     assert_eq!(get_found(&store, "shoes/1.jpg").await.meta.metadata, want);
-    let dir = common::tempdir();
+    let dir = testkit::tempdir();
     let meta = store
         .download_to("shoes/1.jpg", &dir.path().join("1.jpg"))
         .await
@@ -732,7 +730,7 @@ async fn s3_missing_bucket_is_a_backend_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_unreachable_endpoint_is_a_backend_error() {
-    let store = S3Store::new(common::moto::unreachable_client(), "bucket", "");
+    let store = S3Store::new(testkit::moto::unreachable_client(), "bucket", "");
     assert!(matches!(store.head("x").await, Err(StoreError::Backend(_))));
 }
 
@@ -752,7 +750,7 @@ async fn s3_presigned_get_works() {
         url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=300"),
         "{url}"
     );
-    let (status, body) = common::moto::http_get(moto.port(), &url[moto.endpoint().len()..]);
+    let (status, body) = testkit::moto::http_get(moto.port(), &url[moto.endpoint().len()..]);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"image bytes");
     assert!(matches!(
@@ -771,7 +769,7 @@ fn s3_from_env_honours_endpoint_url() {
         return;
     };
     let bucket = unique_bucket("fromenv");
-    common::block_on(moto.create_bucket(&bucket));
+    testkit::block_on(moto.create_bucket(&bucket));
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
@@ -797,7 +795,7 @@ fn s3_from_env_honours_endpoint_url() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = common::block_on(async {
+    let got = testkit::block_on(async {
         moto.client()
             .get_object()
             .bucket(&bucket)
@@ -820,7 +818,7 @@ fn s3_from_env_child() {
     let Ok(location) = std::env::var(CHILD_S3_ENV) else {
         return;
     };
-    common::block_on(async move {
+    testkit::block_on(async move {
         let store = lookalike::store::open(&location).await.unwrap();
         assert_eq!(store.location(), location);
         store

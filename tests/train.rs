@@ -3,13 +3,10 @@
 //! embedding cache, bad input, and the way a fine-tuned model meets an index built with another
 //! model (refused, naming both ids; `reindex` moves the index over).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::cli::{failed, lookalike, ok};
 use lookalike::index::{Index, IndexError};
 use lookalike::ingest::Ingester;
 use lookalike::model::encoder::Encoder;
@@ -19,6 +16,8 @@ use lookalike::preprocess::{self, Limits};
 use lookalike::reindex::Reindexer;
 use lookalike::store::{DynStore, LocalStore};
 use lookalike::train::{self, HeadConfig, TrainOptions, TrainReport};
+use testkit::cli::{failed, ok};
+use testkit::lookalike;
 
 const CATEGORIES: [&str; 3] = ["checks", "gradients", "stripes"];
 
@@ -93,7 +92,7 @@ async fn run_train(
     let progress: train::Progress = Arc::new(move |_| {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     });
-    let report = train::train(source, &common::model_dir(), out, opts, progress).await?;
+    let report = train::train(source, &testkit::model_dir(), out, opts, progress).await?;
     assert!(
         events.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "no progress reported"
@@ -104,7 +103,7 @@ async fn run_train(
 /// Runs `encoder.onnx` in `dir` with onnxruntime (the test venv's Python) on `tensor`
 /// (`[1, 3, 224, 224]`); `None` when no Python with onnxruntime is at hand.
 fn onnxruntime_features(dir: &Path, tensor: &[f32]) -> Option<(Vec<f32>, Vec<f32>)> {
-    let python = common::repo_root().join(".venv/bin/python");
+    let python = testkit::repo_root().join(".venv/bin/python");
     if !python.exists() {
         return None;
     }
@@ -147,10 +146,10 @@ fn onnxruntime_features(dir: &Path, tensor: &[f32]) -> Option<(Vec<f32>, Vec<f32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trains_exports_one_onnx_graph_and_caches_embeddings() {
-    let Some(base) = common::encoder() else {
+    let Some(base) = testkit::encoder() else {
         return;
     };
-    let work = common::tempdir();
+    let work = testkit::tempdir();
     let images = work.path().join("images");
     let files = dataset(10);
     let source = folder(&images, &files);
@@ -257,13 +256,13 @@ async fn trains_exports_one_onnx_graph_and_caches_embeddings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trains_from_s3_and_skips_broken_images() {
-    if common::encoder().is_none() {
+    if testkit::encoder().is_none() {
         return;
     }
-    let Some(server) = common::moto::MotoServer::shared() else {
+    let Some(server) = testkit::moto::MotoServer::shared() else {
         return;
     };
-    let bucket = common::moto::unique_bucket("train");
+    let bucket = testkit::moto::unique_bucket("train");
     server.create_bucket(&bucket).await;
     let source: DynStore = Arc::new(lookalike::store::S3Store::new(
         server.client(),
@@ -280,7 +279,7 @@ async fn trains_from_s3_and_skips_broken_images() {
         )
         .await
         .unwrap();
-    let work = common::tempdir();
+    let work = testkit::tempdir();
     let out = work.path().join("model");
     let r = run_train(source, &out, &options(None)).await.unwrap();
     assert!(r.source.starts_with("s3://"), "{}", r.source);
@@ -293,10 +292,10 @@ async fn trains_from_s3_and_skips_broken_images() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_training_input_is_refused_clearly() {
-    if common::encoder().is_none() {
+    if testkit::encoder().is_none() {
         return;
     }
-    let work = common::tempdir();
+    let work = testkit::tempdir();
     // One category only.
     let one = folder(&work.path().join("one"), &dataset(4)[..4]);
     let err = run_train(one, &work.path().join("m1"), &options(None))
@@ -328,8 +327,8 @@ async fn bad_training_input_is_refused_clearly() {
     // Writing over the base model.
     let err = train::train(
         images,
-        &common::model_dir(),
-        &common::model_dir(),
+        &testkit::model_dir(),
+        &testkit::model_dir(),
         &options(None),
         Arc::new(|_| {}),
     )
@@ -343,10 +342,10 @@ async fn bad_training_input_is_refused_clearly() {
 /// naming both ids, and `reindex` moves the index to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fine_tuned_model_needs_a_reindex() {
-    let Some(base) = common::encoder() else {
+    let Some(base) = testkit::encoder() else {
         return;
     };
-    let work = common::tempdir();
+    let work = testkit::tempdir();
     let images = work.path().join("images");
     let files = dataset(10);
     let source = folder(&images, &files);
@@ -429,10 +428,10 @@ async fn a_fine_tuned_model_needs_a_reindex() {
 
 #[test]
 fn cli_train_prints_a_table_or_json() {
-    if common::encoder().is_none() {
+    if testkit::encoder().is_none() {
         return;
     }
-    let work = common::tempdir();
+    let work = testkit::tempdir();
     folder(&work.path().join("images"), &dataset(10));
     let args = [
         "train",
@@ -450,7 +449,7 @@ fn cli_train_prints_a_table_or_json() {
         "--cache",
         "cache",
     ];
-    let stdout = ok(lookalike(work.path(), &args));
+    let stdout = ok(lookalike!(work.path(), &args));
     for needle in [
         "before (base embedding)",
         "after (8-d embedding)",
@@ -466,7 +465,7 @@ fn cli_train_prints_a_table_or_json() {
     let mut json_args = args.to_vec();
     json_args[3] = "model2";
     json_args.extend(["--json", "--discriminant-weight", "0"]);
-    let json = ok(lookalike(work.path(), &json_args));
+    let json = ok(lookalike!(work.path(), &json_args));
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
     // Without the discriminant the feature layer takes all 8 dimensions.
     assert_eq!(v["dims"], 8);
@@ -480,9 +479,9 @@ fn cli_train_prints_a_table_or_json() {
     assert!(v["after"]["p_at_10"].as_f64().is_some());
 
     // Clear errors: a missing folder, a missing base model.
-    let err = failed(lookalike(work.path(), &["train", "nowhere", "--out", "m"]));
+    let err = failed(lookalike!(work.path(), &["train", "nowhere", "--out", "m"]));
     assert!(err.contains("nowhere is not a folder"), "{err}");
-    let err = failed(lookalike(
+    let err = failed(lookalike!(
         work.path(),
         &["train", "images", "--out", "m", "--model", "no-model"],
     ));

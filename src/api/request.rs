@@ -246,3 +246,409 @@ fn check_size(len: usize, max: usize) -> Result<(), ApiError> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::MAX_K;
+
+    const MAX: usize = 1000;
+
+    fn get(path: &str, query: &str) -> ApiRequest {
+        ApiRequest {
+            method: "GET".into(),
+            path: path.into(),
+            query: query.into(),
+            ..ApiRequest::default()
+        }
+    }
+
+    fn post(query: &str, content_type: Option<&str>, body: impl Into<Bytes>) -> ApiRequest {
+        ApiRequest {
+            method: "POST".into(),
+            path: "/search".into(),
+            query: query.into(),
+            content_type: content_type.map(str::to_string),
+            body: body.into(),
+        }
+    }
+
+    fn json(query: &str, body: serde_json::Value) -> ApiRequest {
+        post(query, Some("application/json"), body.to_string())
+    }
+
+    fn image(query: &str, body: &'static [u8]) -> ApiRequest {
+        post(query, Some("image/jpeg"), body)
+    }
+
+    fn params(k: usize, category: Option<&str>) -> SearchParams {
+        SearchParams {
+            k,
+            category: category.map(str::to_string),
+        }
+    }
+
+    fn route(req: &ApiRequest) -> Route {
+        req.route(MAX)
+            .unwrap_or_else(|e| panic!("{req:?} was refused: {e}"))
+    }
+
+    /// The status and code of the refusal of `req`.
+    fn refusal(req: &ApiRequest) -> (u16, &'static str) {
+        match req.route(MAX) {
+            Ok(r) => panic!("{req:?} was accepted as {r:?}"),
+            Err(e) => {
+                assert_eq!(e.retry_after, None, "{e}");
+                (e.status, e.code)
+            }
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn every_route() {
+        assert_eq!(
+            route(&image("", b"jpeg")),
+            Route::Search(
+                SearchInput::Image(Bytes::from_static(b"jpeg")),
+                params(DEFAULT_K, None)
+            )
+        );
+        assert_eq!(route(&get("/stats", "")), Route::Stats);
+        assert_eq!(route(&get("/openapi.json", "")), Route::OpenApi);
+        assert_eq!(
+            route(&get("/items/cats/chelsea.jpg/similar", "")),
+            Route::Search(
+                SearchInput::Key("cats/chelsea.jpg".into()),
+                params(DEFAULT_K, None)
+            )
+        );
+    }
+
+    #[test]
+    fn a_trailing_slash_and_the_method_case_do_not_matter() {
+        assert_eq!(route(&get("/stats/", "")), Route::Stats);
+        assert_eq!(
+            route(&ApiRequest {
+                method: "get".into(),
+                ..get("/openapi.json", "")
+            }),
+            Route::OpenApi
+        );
+        let mut req = image("", b"jpeg");
+        req.method = "post".into();
+        req.path = "/search/".into();
+        assert!(matches!(
+            route(&req),
+            Route::Search(SearchInput::Image(_), _)
+        ));
+    }
+
+    #[test]
+    fn head_is_accepted_where_get_is() {
+        for path in ["/stats", "/openapi.json", "/items/a.jpg/similar"] {
+            let req = ApiRequest {
+                method: "HEAD".into(),
+                ..get(path, "")
+            };
+            assert!(req.route(MAX).is_ok(), "HEAD {path}");
+        }
+        let mut req = image("", b"jpeg");
+        req.method = "HEAD".into();
+        assert_eq!(refusal(&req), (405, "method_not_allowed"));
+    }
+
+    #[test]
+    fn the_wrong_method_is_405() {
+        let mut search = image("", b"jpeg");
+        search.method = "GET".into();
+        let wrong = [
+            search,
+            ApiRequest {
+                method: "POST".into(),
+                ..get("/stats", "")
+            },
+            ApiRequest {
+                method: "DELETE".into(),
+                ..get("/openapi.json", "")
+            },
+            ApiRequest {
+                method: "PUT".into(),
+                ..get("/items/a.jpg/similar", "")
+            },
+        ];
+        for req in wrong {
+            assert_eq!(refusal(&req), (405, "method_not_allowed"), "{req:?}");
+            let e = req.route(MAX).unwrap_err();
+            assert!(e.message.contains(&req.method), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for path in [
+            "/",
+            "",
+            "/nope",
+            "/items",
+            "/items/",
+            "/items//similar",
+            "/items/a.jpg",
+            "/items/a.jpg/similar/more",
+            "/search/more",
+            "/Stats",
+        ] {
+            let e = get(path, "").route(MAX).unwrap_err();
+            assert_eq!((e.status, e.code), (404, "not_found"), "{path:?}");
+            assert!(e.message.contains("GET /openapi.json"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn the_key_of_similar_is_percent_decoded() {
+        let key = |path: &str| match route(&get(path, "")) {
+            Route::Search(SearchInput::Key(k), _) => k,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(key("/items/cats%2Fchelsea.jpg/similar"), "cats/chelsea.jpg");
+        assert_eq!(key("/items/a%20b+c.jpg/similar"), "a b+c.jpg");
+        assert_eq!(key("/items/caf%C3%A9.jpg/similar"), "café.jpg");
+        assert_eq!(key("/items/100%.jpg/similar"), "100%.jpg");
+        assert_eq!(
+            refusal(&get("/items/%FF.jpg/similar", "")),
+            (400, "bad_key")
+        );
+    }
+
+    #[test]
+    fn k_from_the_query_string() {
+        let k = |query: &str| match route(&get("/items/a.jpg/similar", query)) {
+            Route::Search(_, p) => p.k,
+            other => panic!("{query}: {other:?}"),
+        };
+        assert_eq!(k(""), DEFAULT_K);
+        assert_eq!(k("k=1"), 1);
+        assert_eq!(k("k=5"), 5);
+        assert_eq!(k(&format!("k={MAX_K}")), MAX_K);
+        assert_eq!(k("k=%207%20"), 7, "spaces around the number");
+        assert_eq!(k("other=1&k=3"), 3);
+        for bad in [
+            "k=0",
+            "k=-1",
+            &format!("k={}", MAX_K + 1),
+            "k=abc",
+            "k=1.5",
+            "k=",
+            "k=99999999999999999999",
+        ] {
+            assert_eq!(
+                refusal(&get("/items/a.jpg/similar", bad)),
+                (400, "bad_k"),
+                "{bad}"
+            );
+            // The same check on a search.
+            assert_eq!(refusal(&image(bad, b"jpeg")), (400, "bad_k"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_category_filter() {
+        let category = |query: &str| match route(&get("/items/a.jpg/similar", query)) {
+            Route::Search(_, p) => p.category,
+            other => panic!("{query}: {other:?}"),
+        };
+        assert_eq!(category(""), None);
+        assert_eq!(category("category="), None, "empty means no filter");
+        assert_eq!(category("category=cats").as_deref(), Some("cats"));
+        assert_eq!(
+            category("category=home+decor").as_deref(),
+            Some("home decor")
+        );
+        assert_eq!(category("category=caf%C3%A9&k=3").as_deref(), Some("café"));
+        assert_eq!(
+            route(&image("k=3&category=cats", b"jpeg")),
+            Route::Search(
+                SearchInput::Image(Bytes::from_static(b"jpeg")),
+                params(3, Some("cats"))
+            )
+        );
+    }
+
+    #[test]
+    fn a_json_body_with_a_key() {
+        assert_eq!(
+            route(&json("", serde_json::json!({"key": "cats/chelsea.jpg"}))),
+            Route::Search(
+                SearchInput::Key("cats/chelsea.jpg".into()),
+                params(DEFAULT_K, None)
+            )
+        );
+        assert_eq!(
+            route(&json(
+                "",
+                serde_json::json!({"key": "a.jpg", "k": 4, "category": "cats"})
+            )),
+            Route::Search(SearchInput::Key("a.jpg".into()), params(4, Some("cats")))
+        );
+    }
+
+    #[test]
+    fn a_json_body_with_base64() {
+        let bytes = b"\x89PNG\r\n\x1a\n not really an image";
+        let expect = Route::Search(
+            SearchInput::Image(Bytes::from_static(bytes)),
+            params(DEFAULT_K, None),
+        );
+        let encoded = b64(bytes);
+        assert!(encoded.ends_with('='), "the test needs padding: {encoded}");
+        let forms = [
+            encoded.clone(),
+            encoded.trim_end_matches('=').to_string(),
+            format!("data:image/png;base64,{encoded}"),
+            format!("{}\n{}\r\n", &encoded[..8], &encoded[8..]),
+        ];
+        for form in forms {
+            assert_eq!(
+                route(&json("", serde_json::json!({"image_base64": form}))),
+                expect,
+                "{form:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_json_body_overrides_the_query_string() {
+        let req = json(
+            "k=2&category=cats",
+            serde_json::json!({"key": "a.jpg", "k": 7, "category": "dogs"}),
+        );
+        assert_eq!(
+            route(&req),
+            Route::Search(SearchInput::Key("a.jpg".into()), params(7, Some("dogs")))
+        );
+        // Fields the body leaves out (or an empty category) keep the query string's.
+        let req = json(
+            "k=2&category=cats",
+            serde_json::json!({"key": "a.jpg", "category": ""}),
+        );
+        assert_eq!(
+            route(&req),
+            Route::Search(SearchInput::Key("a.jpg".into()), params(2, Some("cats")))
+        );
+    }
+
+    #[test]
+    fn bad_json_bodies() {
+        let invalid = [
+            serde_json::json!({}),
+            serde_json::json!({"key": "a.jpg", "image_base64": b64(b"x")}),
+            serde_json::json!({"key": "a.jpg", "colour": "red"}),
+            serde_json::json!({"key": 5}),
+            serde_json::json!({"key": "a.jpg", "k": "5"}),
+            serde_json::json!({"key": "a.jpg", "k": 1.5}),
+            serde_json::json!(["a.jpg"]),
+            serde_json::json!("a.jpg"),
+        ];
+        for body in invalid {
+            assert_eq!(
+                refusal(&json("", body.clone())),
+                (400, "invalid_json"),
+                "{body}"
+            );
+        }
+        for text in ["", "{", "key=a.jpg", "\u{FFFD}"] {
+            let req = post("", Some("application/json"), text.to_string());
+            assert_eq!(refusal(&req), (400, "invalid_json"), "{text:?}");
+        }
+        for k in [0, -3, MAX_K as i64 + 1] {
+            let req = json("", serde_json::json!({"key": "a.jpg", "k": k}));
+            assert_eq!(refusal(&req), (400, "bad_k"), "{k}");
+        }
+        for text in ["not base64!", "QUJD*", "data:image/png;base64,@@@"] {
+            let req = json("", serde_json::json!({"image_base64": text}));
+            assert_eq!(refusal(&req), (400, "invalid_base64"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        for t in IMAGE_TYPES {
+            let req = post("", Some(t), &b"bytes"[..]);
+            assert!(
+                matches!(route(&req), Route::Search(SearchInput::Image(_), _)),
+                "{t}"
+            );
+        }
+        // Parameters and case are ignored.
+        for t in ["IMAGE/PNG", "image/jpeg; charset=binary", " image/webp "] {
+            let req = post("", Some(t), &b"bytes"[..]);
+            assert!(
+                matches!(route(&req), Route::Search(SearchInput::Image(_), _)),
+                "{t}"
+            );
+        }
+        let body = serde_json::json!({"key": "a.jpg"}).to_string();
+        for t in ["application/json; charset=utf-8", "Application/JSON"] {
+            let req = post("", Some(t), body.clone());
+            assert_eq!(
+                route(&req),
+                Route::Search(SearchInput::Key("a.jpg".into()), params(DEFAULT_K, None)),
+                "{t}"
+            );
+        }
+        for t in [
+            None,
+            Some("text/plain"),
+            Some("image/tiff"),
+            Some("multipart/form-data; boundary=x"),
+            Some(""),
+        ] {
+            let req = post("", t, &b"bytes"[..]);
+            assert_eq!(refusal(&req), (415, "unsupported_media_type"), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_image_body_is_400() {
+        assert_eq!(refusal(&image("", b"")), (400, "invalid_image"));
+    }
+
+    #[test]
+    fn sizes_at_and_over_the_limit() {
+        let at = vec![7u8; MAX];
+        let over = vec![7u8; MAX + 1];
+        let raw = |b: &[u8]| post("", Some("image/png"), b.to_vec());
+        let based = |b: &[u8]| json("", serde_json::json!({"image_base64": b64(b)}));
+        assert!(raw(&at).route(MAX).is_ok());
+        assert!(based(&at).route(MAX).is_ok());
+        assert_eq!(refusal(&raw(&over)), (413, "payload_too_large"));
+        assert_eq!(refusal(&based(&over)), (413, "payload_too_large"));
+        // A JSON body is refused before parsing when it could not hold an image within the
+        // limit (4 bytes of base64 for 3 of image, plus 64 KiB for the other fields).
+        let max_json = MAX / 3 * 4 + 64 * 1024;
+        let padded = |n: usize| {
+            let mut text = String::from(r#"{"key": "a.jpg"}"#);
+            text.push_str(&" ".repeat(n - text.len()));
+            post("", Some("application/json"), text)
+        };
+        assert!(padded(max_json).route(MAX).is_ok());
+        assert_eq!(refusal(&padded(max_json + 1)), (413, "payload_too_large"));
+    }
+
+    #[test]
+    fn media_type_and_base64_on_their_own() {
+        assert_eq!(media_type("Image/JPEG; q=1"), "image/jpeg");
+        assert_eq!(media_type(""), "");
+        assert_eq!(decode_base64("QUJD").unwrap(), b"ABC");
+        assert_eq!(decode_base64("QUI").unwrap(), b"AB");
+        assert_eq!(decode_base64("QUI=").unwrap(), b"AB");
+        assert_eq!(decode_base64("data:x;base64,QUJD").unwrap(), b"ABC");
+        assert_eq!(decode_base64(" QU\tJD\n").unwrap(), b"ABC");
+        // Only a `data:` prefix is stripped.
+        let e = decode_base64("x;base64,QUJD").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "invalid_base64"));
+    }
+}

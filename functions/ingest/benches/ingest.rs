@@ -8,11 +8,6 @@
 //! 2. The cost of a 10-image ingest into an index of 1k items vs 100k items (commit cost must
 //!    not grow with the index).
 
-#[path = "../../../tests/common/moto.rs"]
-mod moto;
-#[path = "../../../benches/support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +20,7 @@ use lookalike_ingest::IngestFunction;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
-use support::{dataset_images, median, publish, record, repo_root, synth_between};
+use testkit::bench::{dataset_images, median, publish, record, repo_root, synth_between};
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -54,13 +49,13 @@ fn sqs_batch(bucket: &str, keys: &[String]) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let Some((data, model_dir)) = support::dataset_and_model() else {
+    let Some((data, model_dir)) = testkit::bench::dataset_and_model() else {
         return;
     };
-    let Some(server) = moto::MotoServer::start_or_skip() else {
+    let Some(server) = testkit::moto::MotoServer::start_or_skip() else {
         return;
     };
-    let cores = support::cores();
+    let cores = testkit::bench::cores();
     let encoder = Arc::new(Encoder::load(&model_dir).unwrap());
     let model = encoder.model_ref();
     // 10 photos of each category: 100 images.
@@ -86,7 +81,7 @@ async fn main() {
 
     // 1. One invocation: the real handler, an SQS batch of 100 messages, moto S3.
     let client = server.client();
-    let bucket = moto::unique_bucket("bench-ingest");
+    let bucket = testkit::moto::unique_bucket("bench-ingest");
     server.create_bucket(&bucket).await;
     let source = S3Store::new(client.clone(), &bucket, "");
     for (key, bytes) in &images {
@@ -192,7 +187,8 @@ async fn main() {
         let store = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
         let t = Instant::now();
         let index =
-            support::build_index_in(store, &dir.path().join("cache"), &model, items, 1).await;
+            testkit::bench::build_index_in(store, &dir.path().join("cache"), &model, items, 1)
+                .await;
         println!(
             "built a {n}-item index in {:.1} s",
             t.elapsed().as_secs_f64()

@@ -2,13 +2,9 @@
 //! against a real S3 API (moto) and the real encoder. Skipped with a message when moto or the
 //! model is missing (scripts/test.sh provides both).
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::lambda::{delete_object, put_object, s3_event, s3_record, sqs_batch};
 use lookalike::index::segment::BuildParams;
 use lookalike::index::{writer, Index, ItemRecord, Snapshot};
 use lookalike::ingest::{rejected_key, RejectedRecord};
@@ -16,10 +12,26 @@ use lookalike::preprocess::Limits;
 use lookalike::store::{GetResult, S3Store};
 use lookalike_ingest::IngestFunction;
 use serde_json::{json, Value};
+use testkit::lambda::{delete_object, put_object, s3_event, s3_record, sqs_batch};
 
-use common::lambda::TestBucket as Env;
+use testkit::lambda::TestBucket;
+
+/// A [`TestBucket`] with what the ingest function tests do with it.
+struct Env(TestBucket);
+
+impl std::ops::Deref for Env {
+    type Target = TestBucket;
+    fn deref(&self) -> &TestBucket {
+        &self.0
+    }
+}
 
 impl Env {
+    /// `None` (after a SKIPPED line) without moto or the model.
+    async fn new(name: &str) -> Option<Env> {
+        TestBucket::new(name).await.map(Env)
+    }
+
     /// A new function instance (a new container: its own cache in its own /tmp).
     fn function(&self) -> IngestFunction {
         IngestFunction::new(
@@ -41,7 +53,7 @@ impl Env {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(common::fixture(name)).unwrap()
+    std::fs::read(testkit::fixture(name)).unwrap()
 }
 
 fn failures(response: &Value) -> Vec<String> {
@@ -66,7 +78,7 @@ fn keys(snapshot: &Snapshot) -> Vec<String> {
 
 #[test]
 fn put_makes_searchable_delete_removes_overwrite_replaces() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("put-delete").await else {
             return;
         };
@@ -81,7 +93,7 @@ fn put_makes_searchable_delete_removes_overwrite_replaces() {
             &[("photographer", "Stefan van der Walt")],
         )
         .await;
-        let put = common::lambda::event("s3-put.json", &env.bucket);
+        let put = testkit::lambda::event("s3-put.json", &env.bucket);
         let handled = f.handle(&put).await;
         assert_eq!(handled.error, None);
         assert_eq!(handled.summary.indexed, 1, "{:?}", handled.summary);
@@ -124,7 +136,7 @@ fn put_makes_searchable_delete_removes_overwrite_replaces() {
         // Delete.
         delete_object(&env.client, &env.bucket, key).await;
         let handled = f
-            .handle(&common::lambda::event("s3-delete.json", &env.bucket))
+            .handle(&testkit::lambda::event("s3-delete.json", &env.bucket))
             .await;
         assert_eq!(handled.summary.deleted, 1, "{:?}", handled.summary);
         let snap = env.snapshot().await;
@@ -135,11 +147,11 @@ fn put_makes_searchable_delete_removes_overwrite_replaces() {
 
 #[test]
 fn the_same_event_twice_is_one_item_and_a_stale_delete_is_ignored() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("twice").await else {
             return;
         };
-        env.put("shop/a.jpg", common::synthetic_jpeg(1)).await;
+        env.put("shop/a.jpg", testkit::synthetic_jpeg(1)).await;
         let ev = env.put_event(&["shop/a.jpg"]);
         let first = env.function().handle(&ev).await;
         assert_eq!(first.summary.indexed, 1);
@@ -167,7 +179,7 @@ fn the_same_event_twice_is_one_item_and_a_stale_delete_is_ignored() {
 
 #[test]
 fn eight_concurrent_invocations_of_25_images_make_200_items() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("concurrent").await else {
             return;
         };
@@ -176,7 +188,7 @@ fn eight_concurrent_invocations_of_25_images_make_200_items() {
             let mut bodies = Vec::new();
             for i in 0..25u64 {
                 let key = format!("cat{inv}/img-{i}.jpg");
-                env.put(&key, common::synthetic_jpeg(inv * 100 + i)).await;
+                env.put(&key, testkit::synthetic_jpeg(inv * 100 + i)).await;
                 bodies.push(s3_event(vec![s3_record(true, &env.bucket, &key)]));
             }
             batches.push(sqs_batch(&env.bucket, bodies));
@@ -201,14 +213,14 @@ fn eight_concurrent_invocations_of_25_images_make_200_items() {
 
 #[test]
 fn a_corrupt_image_is_rejected_for_good_and_not_a_batch_failure() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("corrupt").await else {
             return;
         };
         let mut bodies = Vec::new();
         for i in 0..9u64 {
             let key = format!("good/{i}.jpg");
-            env.put(&key, common::synthetic_jpeg(500 + i)).await;
+            env.put(&key, testkit::synthetic_jpeg(500 + i)).await;
             bodies.push(s3_event(vec![s3_record(true, &env.bucket, &key)]));
         }
         let mut corrupt = fixture("rocket.jpg");
@@ -248,12 +260,12 @@ fn a_corrupt_image_is_rejected_for_good_and_not_a_batch_failure() {
 
 #[test]
 fn with_the_store_unreachable_every_message_is_a_failure() {
-    common::block_on(async {
-        let Some(encoder) = common::encoder() else {
+    testkit::block_on(async {
+        let Some(encoder) = testkit::encoder() else {
             return;
         };
-        let client = common::moto::unreachable_client();
-        let dir = common::tempdir();
+        let client = testkit::moto::unreachable_client();
+        let dir = testkit::tempdir();
         let f = IngestFunction::new(
             Arc::new(S3Store::new(client.clone(), "unreachable", "index")),
             dir.path(),
@@ -279,14 +291,14 @@ fn with_the_store_unreachable_every_message_is_a_failure() {
 
 #[test]
 fn test_events_own_prefix_and_unreadable_messages() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("misc").await else {
             return;
         };
         let f = env.function();
         // The message S3 sends when the notification is configured: nothing to do.
         let handled = f
-            .handle(&common::lambda::event(
+            .handle(&testkit::lambda::event(
                 "sqs-s3-test-event.json",
                 &env.bucket,
             ))
@@ -297,7 +309,7 @@ fn test_events_own_prefix_and_unreadable_messages() {
         // An event for the index's own prefix (a notification configured too broadly) is
         // ignored, and an unreadable message is returned as a failure (it ends in the DLQ);
         // the good message of the same batch is committed.
-        env.put("ok/1.jpg", common::synthetic_jpeg(77)).await;
+        env.put("ok/1.jpg", testkit::synthetic_jpeg(77)).await;
         let batch = sqs_batch(
             &env.bucket,
             vec![
@@ -318,7 +330,7 @@ fn test_events_own_prefix_and_unreadable_messages() {
         env.put("catalog/space/rocket.jpg", fixture("rocket.jpg"))
             .await;
         let handled = f
-            .handle(&common::lambda::event("sqs-s3-batch.json", &env.bucket))
+            .handle(&testkit::lambda::event("sqs-s3-batch.json", &env.bucket))
             .await;
         assert_eq!(failures(&handled.response().unwrap()), Vec::<String>::new());
         assert_eq!(handled.summary.indexed, 2, "{:?}", handled.summary);
@@ -335,11 +347,11 @@ fn test_events_own_prefix_and_unreadable_messages() {
 
 #[test]
 fn a_segment_written_but_never_committed_is_invisible_and_collected() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("orphan").await else {
             return;
         };
-        env.put("a/1.jpg", common::synthetic_jpeg(1)).await;
+        env.put("a/1.jpg", testkit::synthetic_jpeg(1)).await;
         let handled = env.function().handle(&env.put_event(&["a/1.jpg"])).await;
         assert_eq!(handled.summary.indexed, 1);
 
@@ -350,7 +362,7 @@ fn a_segment_written_but_never_committed_is_invisible_and_collected() {
         let model = env.encoder.model_ref();
         let vector = env
             .encoder
-            .encode_image(&common::synthetic_jpeg(2), &Limits::default())
+            .encode_image(&testkit::synthetic_jpeg(2), &Limits::default())
             .unwrap();
         let record = ItemRecord {
             key: "a/2.jpg".into(),
@@ -381,7 +393,7 @@ fn a_segment_written_but_never_committed_is_invisible_and_collected() {
             .unwrap()
             .iter()
             .all(|h| h.record.key != "a/2.jpg"));
-        env.put("a/3.jpg", common::synthetic_jpeg(3)).await;
+        env.put("a/3.jpg", testkit::synthetic_jpeg(3)).await;
         env.function().handle(&env.put_event(&["a/3.jpg"])).await;
         assert_eq!(keys(&*env.snapshot().await), vec!["a/1.jpg", "a/3.jpg"]);
 

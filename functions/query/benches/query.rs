@@ -10,11 +10,6 @@
 //!    process start to answer, for 10k and 100k items.
 //! 3. A warm container after a new 10-item segment: what the next request downloads, how long.
 
-#[path = "../../../tests/common/moto.rs"]
-mod moto;
-#[path = "../../../benches/support/mod.rs"]
-mod support;
-
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,7 +25,7 @@ use lookalike::store::{DynStore, LocalStore, S3Store};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
-use support::{dataset_images, percentile, publish, record, repo_root, synth_between};
+use testkit::bench::{dataset_images, percentile, publish, record, repo_root, synth_between};
 
 const CHILD: &str = "LOOKALIKE_BENCH_COLD_START_EVENT";
 
@@ -84,13 +79,13 @@ async fn main() {
     if let Ok(event_file) = std::env::var(CHILD) {
         return cold_start_child(&event_file).await;
     }
-    let Some((_, model_dir)) = support::dataset_and_model() else {
+    let Some((_, model_dir)) = testkit::bench::dataset_and_model() else {
         return;
     };
-    let Some(server) = moto::MotoServer::start_or_skip() else {
+    let Some(server) = testkit::moto::MotoServer::start_or_skip() else {
         return;
     };
-    let cores = support::cores();
+    let cores = testkit::bench::cores();
     let encoder = Arc::new(Encoder::load(&model_dir).unwrap());
     let model = encoder.model_ref();
     let limits = Limits::default();
@@ -128,7 +123,7 @@ async fn main() {
     // 1. Warm queries over 100k items (a local store: this measures the query, not S3).
     let dir = tempfile::tempdir().unwrap();
     let store: DynStore = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
-    support::build_index_in(
+    testkit::bench::build_index_in(
         store.clone(),
         &dir.path().join("build"),
         &model,
@@ -218,11 +213,12 @@ async fn main() {
     let mut cold = Vec::new();
     let mut md_new_segment = String::new();
     for n in [10_000usize, 100_000] {
-        let bucket = moto::unique_bucket("bench-cold");
+        let bucket = testkit::moto::unique_bucket("bench-cold");
         server.create_bucket(&bucket).await;
         let store: DynStore = Arc::new(S3Store::new(client.clone(), &bucket, "index"));
         let build = tempfile::tempdir().unwrap();
-        let index = support::build_index_in(store, build.path(), &model, items_of(n), 1).await;
+        let index =
+            testkit::bench::build_index_in(store, build.path(), &model, items_of(n), 1).await;
         let mb = index.snapshot().manifest.total_bytes() as f64 / 1e6;
         drop(index);
         let cache = tempfile::tempdir().unwrap();

@@ -3,9 +3,6 @@
 //! encoder. Skipped with a message when moto or the model is missing (scripts/test.sh provides
 //! both).
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +10,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use common::lambda::{event, put_object};
 use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use lambda_http::Body;
 use lookalike::api::{ApiRequest, QueryService, ServiceConfig};
@@ -24,6 +20,7 @@ use lookalike::ingest::Ingester;
 use lookalike::preprocess::Limits;
 use lookalike::store::{ObjectMeta, S3Store};
 use serde_json::{json, Value};
+use testkit::lambda::{event, put_object};
 
 const FIXTURES: [(&str, &str); 3] = [
     ("catalog/cats/chelsea.jpg", "chelsea.jpg"),
@@ -31,9 +28,24 @@ const FIXTURES: [(&str, &str); 3] = [
     ("catalog/space/rocket.jpg", "rocket.jpg"),
 ];
 
-use common::lambda::TestBucket as Env;
+use testkit::lambda::TestBucket;
+
+/// A [`TestBucket`] with what the query service tests do with it.
+struct Env(TestBucket);
+
+impl std::ops::Deref for Env {
+    type Target = TestBucket;
+    fn deref(&self) -> &TestBucket {
+        &self.0
+    }
+}
 
 impl Env {
+    /// `None` (after a SKIPPED line) without moto or the model.
+    async fn new(name: &str) -> Option<Env> {
+        TestBucket::new(name).await.map(Env)
+    }
+
     /// A query "container": its own /tmp, manifest checks on every request.
     fn service_in(&self, cache: &Path, config: ServiceConfig) -> QueryService {
         QueryService::new(
@@ -100,7 +112,7 @@ fn eager() -> ServiceConfig {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(common::fixture(name)).unwrap()
+    std::fs::read(testkit::fixture(name)).unwrap()
 }
 
 struct Reply {
@@ -200,7 +212,7 @@ fn assert_error(reply: &Reply, status: i64, code: &str) {
 
 #[test]
 fn every_endpoint_answers_from_the_events_files() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("endpoints").await else {
             return;
         };
@@ -227,7 +239,7 @@ fn every_endpoint_answers_from_the_events_files() {
             .strip_prefix("http://127.0.0.1:")
             .expect("a loopback URL");
         let (port, path) = path.split_once('/').unwrap();
-        let (status, bytes) = common::moto::http_get(port.parse().unwrap(), &format!("/{path}"));
+        let (status, bytes) = testkit::moto::http_get(port.parse().unwrap(), &format!("/{path}"));
         assert_eq!(status, 200);
         assert_eq!(bytes, fixture("chelsea.jpg"));
 
@@ -286,7 +298,7 @@ fn every_endpoint_answers_from_the_events_files() {
         let r = send(&service, http("GET", "/openapi.json", "", None, None)).await;
         assert_eq!(r.status, 200);
         let kept: Value = serde_json::from_str(
-            &std::fs::read_to_string(common::repo_root().join("docs/openapi.json")).unwrap(),
+            &std::fs::read_to_string(testkit::repo_root().join("docs/openapi.json")).unwrap(),
         )
         .unwrap();
         assert_eq!(r.body, kept);
@@ -322,7 +334,7 @@ fn every_endpoint_answers_from_the_events_files() {
 
 #[test]
 fn every_bad_request_gets_its_json_error() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("errors").await else {
             return;
         };
@@ -454,7 +466,7 @@ fn every_bad_request_gets_its_json_error() {
 
 #[test]
 fn no_index_yet_is_empty_and_an_unreachable_store_is_503() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("empty").await else {
             return;
         };
@@ -470,7 +482,7 @@ fn no_index_yet_is_empty_and_an_unreachable_store_is_503() {
         // A store that cannot be reached.
         let unreachable = QueryService::new(
             Arc::new(S3Store::new(
-                common::moto::unreachable_client(),
+                testkit::moto::unreachable_client(),
                 "b",
                 "index",
             )),
@@ -494,7 +506,7 @@ fn no_index_yet_is_empty_and_an_unreachable_store_is_503() {
 
 #[test]
 fn a_query_racing_ingests_always_answers_from_one_manifest() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("race").await else {
             return;
         };
@@ -505,13 +517,13 @@ fn a_query_racing_ingests_always_answers_from_one_manifest() {
         let writer = tokio::spawn(async move {
             for b in 0..BATCHES {
                 let objects: Vec<(String, Vec<u8>)> = (0..PER)
-                    .map(|i| (format!("b{b}/{i}.jpg"), common::synthetic_jpeg(b * 10 + i)))
+                    .map(|i| (format!("b{b}/{i}.jpg"), testkit::synthetic_jpeg(b * 10 + i)))
                     .collect();
                 writer_env.ingest(&objects).await;
             }
         });
         let service = env.service();
-        let probe = common::synthetic_jpeg(0);
+        let probe = testkit::synthetic_jpeg(0);
         let mut versions = HashSet::new();
         loop {
             let done = writer.is_finished();
@@ -563,7 +575,7 @@ fn segment_files(dir: &Path) -> Vec<(String, u64)> {
 
 #[test]
 fn tmp_holds_only_listed_segments_and_a_new_segment_is_the_only_download() {
-    common::block_on(async {
+    testkit::block_on(async {
         let Some(env) = Env::new("tmp").await else {
             return;
         };
@@ -574,7 +586,7 @@ fn tmp_holds_only_listed_segments_and_a_new_segment_is_the_only_download() {
                 .map(|i| {
                     (
                         format!("s{b}/{i}.jpg"),
-                        common::synthetic_jpeg(300 + b * 10 + i),
+                        testkit::synthetic_jpeg(300 + b * 10 + i),
                     )
                 })
                 .collect();
@@ -586,7 +598,7 @@ fn tmp_holds_only_listed_segments_and_a_new_segment_is_the_only_download() {
         assert_eq!(before.len(), 3);
 
         // A new small segment: only it is downloaded; the others stay the same files.
-        env.ingest(&[("s9/new.jpg".to_string(), common::synthetic_jpeg(999))])
+        env.ingest(&[("s9/new.jpg".to_string(), testkit::synthetic_jpeg(999))])
             .await;
         let r = send(&service, event("http-stats.json", &env.bucket)).await;
         assert_eq!(r.body["items"], 10);
@@ -609,7 +621,7 @@ fn tmp_holds_only_listed_segments_and_a_new_segment_is_the_only_download() {
         assert_eq!(r.body["items"], 10);
         let files = segment_files(&cache);
         assert_eq!(files.len(), 1, "{files:?}");
-        let r = send(&service, image_event(&common::synthetic_jpeg(999), "k=1")).await;
+        let r = send(&service, image_event(&testkit::synthetic_jpeg(999), "k=1")).await;
         assert_eq!(result_keys(&r.body), vec!["s9/new.jpg"]);
     });
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use lookalike::model::encoder::Encoder;
 use lookalike::store::{DynStore, S3Store};
 
-use super::moto::{unique_bucket, MotoServer};
+use crate::moto::{unique_bucket, MotoServer};
 
 /// A store on a fresh bucket (under prefix `idx`) of the moto server shared by this test binary;
 /// `None` (after a SKIPPED line) when moto is not installed.
@@ -21,7 +21,7 @@ pub async fn s3_store(name: &str) -> Option<DynStore> {
 pub fn model_dir() -> PathBuf {
     std::env::var_os("LOOKALIKE_TEST_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| super::repo_root().join(".lookalike/model"))
+        .unwrap_or_else(|| crate::repo_root().join(".lookalike/model"))
 }
 
 /// The default encoder, loaded once per test binary; `None` (after a SKIPPED line) when the

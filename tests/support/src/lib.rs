@@ -1,10 +1,21 @@
-//! Shared helpers for the integration tests (`mod common;` in a test file).
+//! Helpers shared by the tests and benchmarks of every crate of the workspace (a dev-dependency,
+//! `testkit`): fixtures and temporary folders, the imported model, S3 on a local moto server.
+//!
+//! - [`moto`]: a local moto S3 server per test binary.
+//! - [`setup`]: the default encoder and S3 stores on the shared server.
+//! - [`cli`]: running the `lookalike` binary ([`lookalike!`]) and checking how it ended.
+//! - [`lambda`]: the `events/` files as templates, and a bucket set up for the Lambda tests.
+//! - [`faults`]: a store that injects faults into a real one.
+//! - [`bench`]: the benchmarks' photo set, synthetic embeddings, indexes and BENCHMARKS.md.
 
-#![allow(dead_code)]
+#![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
+pub mod faults;
 pub mod lambda;
 pub mod moto;
+pub mod setup;
 
 use std::future::Future;
 
@@ -30,7 +41,7 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-/// The repository's root (these helpers are shared by the crates under `functions/` too).
+/// The repository's root.
 pub fn repo_root() -> std::path::PathBuf {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     here.ancestors()
@@ -59,6 +70,4 @@ pub fn synthetic_jpeg(seed: u64) -> Vec<u8> {
     out.into_inner()
 }
 
-mod setup;
-#[allow(unused_imports)]
 pub use setup::{encoder, model_dir, s3_store};

@@ -1,7 +1,5 @@
-//! Helpers shared by the benchmarks (`mod support;` from a bench; the function crates' benches
-//! include it by path): the labelled photo set, synthetic embeddings, indexes, BENCHMARKS.md.
-
-#![allow(dead_code)]
+//! Helpers shared by the benchmarks of every crate: the labelled photo set, synthetic
+//! embeddings, indexes, BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,14 +16,7 @@ pub const DATASET: &str = "../shared/datasets/clothing-small";
 /// The imported default model.
 pub const MODEL: &str = ".lookalike/model";
 
-/// The repository's root (benches run with the package's folder as working directory).
-pub fn repo_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors()
-        .find(|d| d.join("Cargo.lock").exists())
-        .unwrap_or(here)
-        .to_path_buf()
-}
+pub use crate::repo_root;
 
 /// Cores of this machine (printed with the figures).
 pub fn cores() -> usize {
@@ -49,10 +40,12 @@ pub fn dataset_and_model() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The dot product of two vectors.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `v` scaled to unit length.
 pub fn unit(mut v: Vec<f32>) -> Vec<f32> {
     let n = dot(&v, &v).sqrt();
     v.iter_mut().for_each(|x| *x /= n);
@@ -65,10 +58,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
+/// The value at fraction `p` (0..=1) of a sorted, non-empty list.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The JPEGs of [`DATASET`] as (key relative to it, path), sorted by path.
 pub fn dataset_images() -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(repo_root().join(DATASET))
@@ -89,6 +84,7 @@ pub fn dataset_images() -> Vec<(String, PathBuf)> {
     out
 }
 
+/// The record of an item `key` (its category from the key's folder).
 pub fn record(key: &str) -> ItemRecord {
     ItemRecord {
         key: key.to_string(),
@@ -153,6 +149,7 @@ pub fn synth_between(vectors: &[Vec<f32>], rng: &mut StdRng) -> Vec<f32> {
     )
 }
 
+/// A standard normal sample (Box-Muller).
 pub fn gaussian(rng: &mut StdRng) -> f32 {
     let u1: f32 = rng.random_range(f32::EPSILON..1.0);
     let u2: f32 = rng.random_range(0.0..1.0);

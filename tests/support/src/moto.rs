@@ -1,7 +1,7 @@
 //! A local moto S3 server for integration tests.
 //!
 //! ```ignore
-//! let Some(moto) = common::moto::MotoServer::start_or_skip() else { return };
+//! let Some(moto) = testkit::moto::MotoServer::start_or_skip() else { return };
 //! let client = moto.client();
 //! moto.create_bucket("images").await;
 //! ```
@@ -18,8 +18,6 @@
 //!   process-wide environment variables, so they can run in parallel threads.
 //! - `MotoServer::shared()` is one server per test binary, for tests that only need isolated
 //!   buckets (use `unique_bucket`).
-
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -62,7 +60,7 @@ pub fn find_moto_server() -> Option<PathBuf> {
             p.display()
         );
     }
-    let venv = super::repo_root().join(".venv/bin/moto_server");
+    let venv = crate::repo_root().join(".venv/bin/moto_server");
     if is_executable(&venv) {
         return Some(venv);
     }
@@ -191,6 +189,7 @@ impl MotoServer {
         }
     }
 
+    /// The port it listens on (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -234,6 +233,7 @@ impl MotoServer {
         ]
     }
 
+    /// Create bucket `name` (panics on failure).
     pub async fn create_bucket(&self, name: &str) {
         self.client()
             .create_bucket()
@@ -305,7 +305,6 @@ fn serialized_command(exe: &Path) -> Command {
     }
 }
 
-/// A bucket name that is unique within this test run (pid + counter).
 /// A client for a loopback port that nothing listens on (retries disabled): every request fails
 /// at once with a connection error, as when S3 cannot be reached.
 pub fn unreachable_client() -> aws_sdk_s3::Client {
@@ -321,6 +320,7 @@ pub fn unreachable_client() -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// A bucket name that is unique within this test run (pid + counter).
 pub fn unique_bucket(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,7 @@ pub const EVENTS_BUCKET: &str = "lookalike-images";
 
 /// An `events/` file, with its bucket name replaced by `bucket`.
 pub fn event(name: &str, bucket: &str) -> Value {
-    let path = super::repo_root().join("events").join(name);
+    let path = crate::repo_root().join("events").join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text.replace(EVENTS_BUCKET, bucket))
@@ -85,6 +85,7 @@ pub async fn put_object(
         .unwrap_or_else(|e| panic!("cannot upload {key}: {e:?}"));
 }
 
+/// Delete `bucket`/`key`.
 pub async fn delete_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) {
     client
         .delete_object()
@@ -96,12 +97,16 @@ pub async fn delete_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str)
 }
 
 /// A fresh bucket on the shared moto server with images at its root and the index under
-/// `index/`, the encoder, and temporary folders that live as long as it does. Each test file
-/// adds its own methods (`impl TestBucket` in the test crate).
+/// `index/`, the encoder, and temporary folders that live as long as it does. A test file that
+/// needs more wraps it in a type of its own (`struct Env(TestBucket)` with `Deref`).
 pub struct TestBucket {
+    /// The bucket's name.
     pub bucket: String,
+    /// A client of the moto server.
     pub client: aws_sdk_s3::Client,
+    /// The index's store (`index/` in the bucket).
     pub index_store: lookalike::store::DynStore,
+    /// The default encoder.
     pub encoder: std::sync::Arc<lookalike::model::encoder::Encoder>,
     dirs: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
@@ -109,9 +114,9 @@ pub struct TestBucket {
 impl TestBucket {
     /// `None` (after a SKIPPED line) without moto or the model.
     pub async fn new(name: &str) -> Option<TestBucket> {
-        let encoder = super::encoder()?;
-        let server = super::moto::MotoServer::shared()?;
-        let bucket = super::moto::unique_bucket(name);
+        let encoder = crate::encoder()?;
+        let server = crate::moto::MotoServer::shared()?;
+        let bucket = crate::moto::unique_bucket(name);
         server.create_bucket(&bucket).await;
         let client = server.client();
         Some(TestBucket {
@@ -129,7 +134,7 @@ impl TestBucket {
 
     /// A new temporary folder (a container's /tmp).
     pub fn tempdir(&self) -> std::path::PathBuf {
-        let dir = super::tempdir();
+        let dir = crate::tempdir();
         let path = dir.path().to_path_buf();
         self.dirs.lock().unwrap().push(dir);
         path
@@ -143,6 +148,7 @@ impl TestBucket {
             .snapshot()
     }
 
+    /// Upload `bytes` as `key` (no metadata).
     pub async fn put(&self, key: &str, bytes: Vec<u8>) {
         put_object(&self.client, &self.bucket, key, bytes, &[]).await;
     }

@@ -1,6 +1,5 @@
 //! A store that passes everything through to a real one, except for the faults a test injects
-//! (a failing key, damaged downloads). Not part of `common` (shared with the Lambda crates,
-//! which lack async-trait): a test includes it with `#[path = "common/faults.rs"] mod faults;`.
+//! (a failing key, damaged downloads).
 
 use std::path::Path;
 
@@ -18,9 +17,12 @@ pub trait Fault: Send + Sync + std::fmt::Debug {
     fn after_download(&self, _key: &str, _dest: &Path) {}
 }
 
+/// A store that forwards every call to `inner`, with `fault` consulted around downloads.
 #[derive(Debug)]
 pub struct FaultyStore<F> {
+    /// The real store.
     pub inner: DynStore,
+    /// The faults to inject.
     pub fault: F,
 }
 

@@ -3,22 +3,30 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `lookalike args...` in `dir` with the test model and no index or cache from the
-/// environment.
-pub fn lookalike(dir: &Path, args: &[&str]) -> Output {
-    // Cargo sets this for the root package's integration tests only (the function crates share
-    // these helpers but never run the CLI).
-    let Some(bin) = option_env!("CARGO_BIN_EXE_lookalike") else {
-        panic!("the lookalike binary is only built for the root package's tests");
+/// Runs `lookalike args...` in `dir` (a `&Path`; `args` a `&[&str]`) with the test model and no
+/// index or cache from the environment: [`run`] on the binary Cargo built for the calling test
+/// (only the root package's integration tests have one).
+#[macro_export]
+macro_rules! lookalike {
+    ($dir:expr, $args:expr $(,)?) => {
+        $crate::cli::run(
+            ::std::path::Path::new(env!("CARGO_BIN_EXE_lookalike")),
+            $dir,
+            $args,
+        )
     };
+}
+
+/// Runs `bin args...` in `dir` with the test model and no index or cache from the environment.
+pub fn run(bin: &Path, dir: &Path, args: &[&str]) -> Output {
     Command::new(bin)
         .current_dir(dir)
         .args(args)
         .env_remove("LOOKALIKE_INDEX")
         .env_remove("LOOKALIKE_CACHE")
-        .env("LOOKALIKE_MODEL", super::model_dir())
+        .env("LOOKALIKE_MODEL", crate::model_dir())
         .output()
-        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
 /// Asserts that the command succeeded; returns its stdout.
