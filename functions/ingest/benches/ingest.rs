@@ -20,7 +20,7 @@ use lookalike_ingest::IngestFunction;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
-use testkit::bench::{dataset_images, median, publish, record, repo_root, synth_between};
+use testkit::bench::{dataset_images, median, publish, record, synth_between};
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
