@@ -6,7 +6,7 @@
 //! - [`cli`]: running the `lookalike` binary ([`lookalike!`]) and checking how it ended.
 //! - [`lambda`]: the `events/` files as templates, and a bucket set up for the Lambda tests.
 //! - [`faults`]: a store that injects faults into a real one.
-//! - [`bench`]: the benchmarks' photo set, synthetic embeddings, indexes and BENCHMARKS.md.
+//! - [`bench`](mod@bench): the benchmarks' photo set, synthetic embeddings, indexes, BENCHMARKS.md.
 
 #![warn(missing_docs)]
 
