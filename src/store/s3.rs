@@ -447,7 +447,7 @@ async fn write_at(
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = file.clone();
-    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
+    crate::task::blocking(move || file.write_all_at(&bytes, offset))
         .await
         .map_err(std::io::Error::other)?
 }
