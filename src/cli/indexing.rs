@@ -27,7 +27,8 @@ pub struct IndexArgs {
     /// Images per segment (one manifest commit each).
     #[arg(long, default_value_t = 5000)]
     pub batch_size: usize,
-    /// arroy trees per segment (default: chosen from the segment size).
+    /// Also build this many arroy trees (over sign bits) in every segment, and search big
+    /// segments through them (default: no trees; every segment's codes are scanned).
     #[arg(long)]
     pub trees: Option<usize>,
     /// Print the report as JSON.
@@ -59,6 +60,11 @@ pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
         metadata,
         build: BuildParams {
             n_trees: args.trees,
+            trees_from: if args.trees.is_some() {
+                1
+            } else {
+                BuildParams::default().trees_from
+            },
             ..BuildParams::default()
         },
     };

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ModelRef;
 
-/// The manifest format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format this build writes. Format 2 may list segments of the compact format 2
+/// (int8 + sign codes), which builds that read only format 1 cannot open.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest manifest format this build reads (format 1: full-precision segments only; they
+/// stay readable, and `lookalike compact --all` rewrites them in the compact format).
+pub const OLDEST_FORMAT: u32 = 1;
 /// The manifest's key under the index prefix.
 pub const MANIFEST_KEY: &str = "manifest.json";
 /// The prefix of the segment files under the index prefix.
@@ -52,15 +56,26 @@ pub struct SegmentEntry {
     /// Compaction level: 0 for ingested segments, n+1 for a merge of level-n segments.
     #[serde(default)]
     pub level: u32,
+    /// The segment's format (absent in format-1 manifests, whose segments are all format 1).
+    #[serde(default = "first_segment_format")]
+    pub format: u32,
 }
+
+fn first_segment_format() -> u32 {
+    1
+}
+
+/// The segment format this build writes, as the manifest records it.
+pub const SEGMENT_FORMAT: u32 = 2;
 
 /// Why a manifest cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Written by another format version.
     #[error(
-        "index manifest has format version {found}, this build of lookalike reads version {FORMAT_VERSION}: \
-         upgrade lookalike (or rebuild the index)"
+        "index manifest has format version {found}, this build of lookalike reads versions \
+         {OLDEST_FORMAT} to {FORMAT_VERSION}: upgrade lookalike, or rebuild the index from its images \
+         with this build (`lookalike index <images> --index <new location>`)"
     )]
     UnknownFormat {
         /// The manifest's format version.
@@ -109,7 +124,7 @@ impl Manifest {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid(e.to_string()))?;
         let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
-        if format != FORMAT_VERSION as u64 {
+        if !(OLDEST_FORMAT as u64..=FORMAT_VERSION as u64).contains(&format) {
             return Err(ManifestError::UnknownFormat { found: format });
         }
         let m: Manifest =
@@ -118,9 +133,14 @@ impl Manifest {
         Ok(m)
     }
 
-    /// The JSON bytes.
+    /// The JSON bytes of the manifest as written: always in this build's format, whichever format it was read in
+    /// (a commit may add compact segments to an index of full-precision ones).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        let current = Manifest {
+            format: FORMAT_VERSION,
+            ..self.clone()
+        };
+        let mut v = serde_json::to_vec_pretty(&current).expect("manifest serialises");
         v.push(b'\n');
         v
     }
@@ -208,6 +228,7 @@ mod tests {
             items: 2,
             bytes: 10,
             sha256: "00".into(),
+            format: SEGMENT_FORMAT,
             sequence: seq,
             level: 0,
         });

@@ -1,15 +1,19 @@
 //! The index snapshot: `manifest.json` plus immutable single-file LMDB segments under `segments/`.
 //!
 //! - [`manifest`]: the format of the one mutable object, changed only by compare-and-swap.
-//! - [`segment`]: writing and reading one segment (arroy + dictionaries in one LMDB file).
+//! - [`segment`]: writing and reading one segment (vectors + dictionaries in one LMDB file).
+//! - [`vectors`]: a segment's vectors (compact codes, arroy trees) and the search over them.
+//! - [`quant`]: the int8 and sign codes of format 2.
 //! - [`cache`]: verified local copies of segments.
 //! - [`snapshot`]: a consistent read view and the merged multi-segment search.
 //! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
 
 pub mod cache;
 pub mod manifest;
+pub mod quant;
 pub mod segment;
 pub mod snapshot;
+pub mod vectors;
 pub mod writer;
 
 use std::path::Path;

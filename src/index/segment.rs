@@ -1,35 +1,37 @@
-//! One immutable segment: a compacted single-file LMDB environment holding an arroy index (cosine)
-//! over L2-normalised embeddings plus the item dictionaries.
+//! One immutable segment: a compacted single-file LMDB environment holding the vectors of its
+//! items (see [`super::vectors`]) and the item dictionaries.
 //!
 //! Databases inside the file:
-//! - `vectors`: the arroy index (index 0),
+//! - `codes`:   format 2's compact vector codes,
+//! - `vectors`: arroy trees (index 0): format 2's sign-code trees of big segments, or format 1's
+//!   full-precision cosine index,
 //! - `items`:   local item id (u32, big-endian) → [`ItemRecord`] as JSON,
 //! - `keys`:    object key → local item id,
-//! - `info`:    `format`, `model`, `dims`, `items` as strings.
+//! - `info`:    `format`, `model`, `dims`, `items` (and in format 2 `trees`) as strings.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use arroy::distances::Cosine;
 use heed::byteorder::BE;
-use heed::types::{SerdeJson, Str, U32};
+use heed::types::{Bytes, SerdeJson, Str, U32};
 use heed::{CommitOrAbort, CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-/// The segment format this build writes and reads (recorded in every segment).
-pub const SEGMENT_FORMAT: &str = "1";
-const ARROY_INDEX: u16 = 0;
+use super::vectors::{self, BitTrees, Codes, Vectors};
+pub use super::vectors::{default_trees, BuildParams, SearchParams};
+
+/// The segment format this build writes (recorded in every segment).
+pub const SEGMENT_FORMAT: &str = "2";
+/// The older format this build still reads (full-precision vectors).
+pub const SEGMENT_FORMAT_FLOAT: &str = "1";
 /// Largest address space reserved while building a segment (nothing is allocated up front).
 const BUILD_MAP_SIZE_MAX: usize = 64 << 30;
 
 /// Address space to reserve for building a segment of `n` items of `dims` dimensions: a generous
 /// bound on what the vectors, the trees and the records need (about 8.5 KB per 1280-d item when
-/// done). Reserving no more than needed matters where address space is limited (emulators,
+/// done in format 1, under 2 KB in format 2). Reserving no more than needed matters where address space is limited (emulators,
 /// `ulimit -v`); a build that still runs out retries with more ([`write_segment`]).
 fn build_map_size(n: usize, dims: usize) -> usize {
     let bytes = n.saturating_mul(dims * 4 * 4 + (16 << 10)) + (256 << 20);
@@ -84,37 +86,11 @@ pub enum SegmentError {
     },
 }
 
-type Vectors = arroy::Database<'static, Cosine>;
 type Items = Database<'static, U32<BE>, SerdeJson<ItemRecord>>;
 type Keys = Database<'static, Str, U32<BE>>;
 type Info = Database<'static, Str, Str>;
-
-/// Build parameters for arroy.
-#[derive(Debug, Clone, Copy)]
-pub struct BuildParams {
-    /// Number of random-projection trees; `None` picks one from the item count.
-    pub n_trees: Option<usize>,
-    /// Seed of the trees' random projections.
-    pub seed: u64,
-}
-
-impl Default for BuildParams {
-    fn default() -> Self {
-        BuildParams {
-            n_trees: None,
-            seed: 42,
-        }
-    }
-}
-
-/// Trees for `n` items: few trees keep segments small; recall comes from `search_k` at query time.
-pub fn default_trees(n: usize) -> usize {
-    match n {
-        0..=1_000 => 4,
-        1_001..=20_000 => 10,
-        _ => 20,
-    }
-}
+/// The `vectors` database before its format says which arroy distance it holds.
+type Untyped = Database<'static, Bytes, Bytes>;
 
 /// Write `items` (record + unit-norm embedding, local ids assigned in order) into a compacted
 /// single-file segment at `out`. `work_dir` holds the temporary build environment and arroy's
@@ -151,7 +127,6 @@ fn write_segment_with(
 ) -> Result<(), SegmentError> {
     let shown = out.display().to_string();
     let lmdb = |e| SegmentError::Lmdb(shown.clone(), e);
-    let arroy_err = |e| SegmentError::Arroy(shown.clone(), e);
     let build_dir = tempfile::Builder::new()
         .prefix("segment-build-")
         .tempdir_in(work_dir)
@@ -167,10 +142,11 @@ fn write_segment_with(
     }
     .map_err(lmdb)?;
     let wtxn = env.write_txn().map_err(lmdb)?;
-    let (vectors, items_db, keys_db, info_db): (Vectors, Items, Keys, Info) = env
+    let (trees, codes, items_db, keys_db, info_db): (BitTrees, Codes, Items, Keys, Info) = env
         .create_databases_and_commit(wtxn, |dbo, wtxn| -> heed::Result<_> {
             Ok(CommitOrAbort::<_, ()>::Commit((
                 dbo.create_database(wtxn, Some("vectors"))?,
+                dbo.create_database(wtxn, Some("codes"))?,
                 dbo.create_database(wtxn, Some("items"))?,
                 dbo.create_database(wtxn, Some("keys"))?,
                 dbo.create_database(wtxn, Some("info"))?,
@@ -180,8 +156,6 @@ fn write_segment_with(
         .unwrap_commit();
 
     let mut wtxn = env.write_txn().map_err(lmdb)?;
-    let mut writer = arroy::Writer::<Cosine>::new(vectors, ARROY_INDEX, dims);
-    writer.set_tmpdir(build_dir.path());
     for (id, (record, vector)) in items.iter().enumerate() {
         if vector.len() != dims {
             return Err(SegmentError::Dims {
@@ -192,27 +166,31 @@ fn write_segment_with(
         }
         let id = u32::try_from(id)
             .map_err(|_| SegmentError::Invalid(shown.clone(), "too many items".into()))?;
-        writer.add_item(&mut wtxn, id, vector).map_err(arroy_err)?;
         items_db.put(&mut wtxn, &id, record).map_err(lmdb)?;
         keys_db.put(&mut wtxn, &record.key, &id).map_err(lmdb)?;
     }
-    info_db
-        .put(&mut wtxn, "format", SEGMENT_FORMAT)
-        .map_err(lmdb)?;
-    info_db.put(&mut wtxn, "model", model_id).map_err(lmdb)?;
-    info_db
-        .put(&mut wtxn, "dims", &dims.to_string())
-        .map_err(lmdb)?;
-    info_db
-        .put(&mut wtxn, "items", &items.len().to_string())
-        .map_err(lmdb)?;
-    let mut rng = StdRng::seed_from_u64(params.seed);
-    let trees = params.n_trees.unwrap_or_else(|| default_trees(items.len()));
-    writer
-        .builder(&mut rng)
-        .n_trees(trees)
-        .build(&mut wtxn)
-        .map_err(arroy_err)?;
+    let with_trees = items.len() >= params.trees_from.max(1);
+    let fields = [
+        ("format", SEGMENT_FORMAT.to_string()),
+        ("model", model_id.to_string()),
+        ("dims", dims.to_string()),
+        ("items", items.len().to_string()),
+        ("trees", u8::from(with_trees).to_string()),
+    ];
+    for (k, v) in &fields {
+        info_db.put(&mut wtxn, k, v).map_err(lmdb)?;
+    }
+    let vectors: Vec<&[f32]> = items.iter().map(|(_, v)| v.as_slice()).collect();
+    vectors::write_compact(
+        &shown,
+        &mut wtxn,
+        codes,
+        trees,
+        dims,
+        &vectors,
+        params,
+        build_dir.path(),
+    )?;
     wtxn.commit().map_err(lmdb)?;
 
     if out.exists() {
@@ -229,6 +207,8 @@ pub struct Segment {
     path: PathBuf,
     env: Env<WithoutTls>,
     vectors: Vectors,
+    /// The segment's format (`"2"`, or `"1"` for an older segment).
+    pub format: &'static str,
     items: Items,
     keys: Keys,
     /// The model that made the vectors.
@@ -289,21 +269,26 @@ impl Segment {
         }
         .map_err(lmdb)?;
         let rtxn = env.read_txn().map_err(lmdb)?;
-        let opened: Option<(Vectors, Items, Keys, Info)> = env
+        type Opened = (Items, Keys, Info, Option<Untyped>, Option<Codes>);
+        let opened: Option<Opened> = env
             .open_databases_and_commit(rtxn, |dbo, rtxn| -> heed::Result<_> {
-                let (Some(v), Some(i), Some(k), Some(n)) = (
-                    dbo.open_database(rtxn, Some("vectors"))?,
+                let (Some(i), Some(k), Some(n)) = (
                     dbo.open_database(rtxn, Some("items"))?,
                     dbo.open_database(rtxn, Some("keys"))?,
                     dbo.open_database(rtxn, Some("info"))?,
                 ) else {
                     return Ok(CommitOrAbort::Commit(None));
                 };
-                Ok(CommitOrAbort::<_, ()>::Commit(Some((v, i, k, n))))
+                let vectors = dbo.open_database(rtxn, Some("vectors"))?;
+                let codes = dbo.open_database(rtxn, Some("codes"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit(Some((
+                    i, k, n, vectors, codes,
+                ))))
             })
             .map_err(lmdb)?
             .unwrap_commit();
-        let (vectors, items, keys, info) = opened.ok_or_else(|| invalid("missing databases"))?;
+        let (items, keys, info, vectors, codes) =
+            opened.ok_or_else(|| invalid("missing databases"))?;
         let rtxn = env.read_txn().map_err(lmdb)?;
         let get = |name: &str| -> Result<String, SegmentError> {
             info.get(&rtxn, name)
@@ -311,19 +296,45 @@ impl Segment {
                 .map(str::to_owned)
                 .ok_or_else(|| invalid(&format!("missing info field {name}")))
         };
-        if get("format")? != SEGMENT_FORMAT {
-            return Err(invalid("unknown segment format"));
-        }
+        let format = match get("format")?.as_str() {
+            SEGMENT_FORMAT => SEGMENT_FORMAT,
+            SEGMENT_FORMAT_FLOAT => SEGMENT_FORMAT_FLOAT,
+            other => {
+                return Err(invalid(&format!(
+                    "unknown segment format {other} (this build reads {SEGMENT_FORMAT_FLOAT} and {SEGMENT_FORMAT})"
+                )))
+            }
+        };
         let model_id = get("model")?;
         let dims: usize = get("dims")?.parse().map_err(|_| invalid("bad dims"))?;
         let len: u32 = get("items")?
             .parse()
             .map_err(|_| invalid("bad item count"))?;
+        let with_trees = get("trees").ok().as_deref() == Some("1");
+        let missing = || invalid("missing vector databases");
+        let vectors = if format == SEGMENT_FORMAT_FLOAT {
+            Vectors::Float(vectors.ok_or_else(missing)?.remap_types())
+        } else {
+            let trees: Option<BitTrees> = match with_trees {
+                true => Some(vectors.ok_or_else(missing)?.remap_types()),
+                false => None,
+            };
+            let codes = codes.ok_or_else(missing)?;
+            Vectors::Compact(vectors::Compact::open(
+                &shown,
+                &rtxn,
+                codes,
+                trees,
+                dims,
+                len as usize,
+            )?)
+        };
         drop(rtxn);
         Ok(Segment {
             path: path.to_path_buf(),
             env,
             vectors,
+            format,
             items,
             keys,
             model_id,
@@ -339,10 +350,6 @@ impl Segment {
 
     fn lmdb(&self, e: heed::Error) -> SegmentError {
         SegmentError::Lmdb(self.path.display().to_string(), e)
-    }
-
-    fn arroy(&self, e: arroy::Error) -> SegmentError {
-        SegmentError::Arroy(self.path.display().to_string(), e)
     }
 
     /// All (key, id) pairs, in key order.
@@ -378,12 +385,12 @@ impl Segment {
         self.items.get(&rtxn, &id).map_err(|e| self.lmdb(e))
     }
 
-    /// The vector of item `id`.
+    /// The vector of item `id` (in format 2, decoded from its int8 code: within 0.4% of each
+    /// component's scale of the original).
     pub fn vector(&self, id: u32) -> Result<Option<Vec<f32>>, SegmentError> {
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        let reader =
-            arroy::Reader::open(&rtxn, ARROY_INDEX, self.vectors).map_err(|e| self.arroy(e))?;
-        reader.item_vector(&rtxn, id).map_err(|e| self.arroy(e))
+        self.vectors
+            .vector(&self.path.display().to_string(), &rtxn, id)
     }
 
     /// Approximate nearest neighbours among `candidates`: (id, cosine similarity), best first.
@@ -392,25 +399,19 @@ impl Segment {
         query: &[f32],
         k: usize,
         candidates: &RoaringBitmap,
-        search_k_factor: usize,
+        params: &SearchParams,
     ) -> Result<Vec<(u32, f32)>, SegmentError> {
         if k == 0 || candidates.is_empty() {
             return Ok(Vec::new());
         }
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        let reader =
-            arroy::Reader::open(&rtxn, ARROY_INDEX, self.vectors).map_err(|e| self.arroy(e))?;
-        let mut q = reader.nns(k);
-        q.candidates(candidates);
-        let search_k = k.max(10) * reader.n_trees().max(1) * search_k_factor.max(1);
-        if let Some(sk) = NonZeroUsize::new(search_k) {
-            q.search_k(sk);
-        }
-        let found = q.by_vector(&rtxn, query).map_err(|e| self.arroy(e))?;
-        // arroy's cosine distance is (1 - cos) / 2.
-        Ok(found
-            .into_iter()
-            .map(|(id, d)| (id, 1.0 - 2.0 * d))
-            .collect())
+        self.vectors.search(
+            &self.path.display().to_string(),
+            &rtxn,
+            query,
+            k,
+            candidates,
+            params,
+        )
     }
 }

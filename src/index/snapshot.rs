@@ -7,11 +7,8 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 
 use super::manifest::{Manifest, SegmentEntry};
-use super::segment::{ItemRecord, Segment};
+use super::segment::{ItemRecord, SearchParams, Segment};
 use super::IndexError;
-
-/// Default multiplier of arroy's `search_k` (`k * n_trees * factor` nodes visited per segment).
-pub const DEFAULT_SEARCH_K_FACTOR: usize = 40;
 
 /// A consistent read view of an index: one manifest and its open segments, with each segment's live items.
 pub struct Snapshot {
@@ -22,8 +19,8 @@ pub struct Snapshot {
     /// Newest first.
     segments: Vec<LiveSegment>,
     live_items: u64,
-    /// Candidates arroy looks at per result (`search_k = k × factor` per segment).
-    pub search_k_factor: usize,
+    /// How searches trade time for recall.
+    pub params: SearchParams,
 }
 
 struct LiveSegment {
@@ -99,7 +96,7 @@ impl Snapshot {
             etag: None,
             segments: Vec::new(),
             live_items: 0,
-            search_k_factor: DEFAULT_SEARCH_K_FACTOR,
+            params: SearchParams::default(),
         }
     }
 
@@ -118,7 +115,7 @@ impl Snapshot {
             manifest,
             etag,
             segments,
-            DEFAULT_SEARCH_K_FACTOR,
+            SearchParams::default(),
         ))
     }
 
@@ -192,19 +189,14 @@ impl Snapshot {
                 categories,
             });
         }
-        Ok(Self::assemble(
-            manifest,
-            etag,
-            segments,
-            prev.search_k_factor,
-        ))
+        Ok(Self::assemble(manifest, etag, segments, prev.params))
     }
 
     fn assemble(
         manifest: Manifest,
         etag: Option<String>,
         segments: Vec<LiveSegment>,
-        search_k_factor: usize,
+        params: SearchParams,
     ) -> Self {
         let live_items = segments.iter().map(|s| s.live.len()).sum();
         Snapshot {
@@ -212,7 +204,7 @@ impl Snapshot {
             etag,
             segments,
             live_items,
-            search_k_factor,
+            params,
         }
     }
 
@@ -286,17 +278,17 @@ impl Snapshot {
         category: Option<&str>,
         exclude_key: Option<&str>,
     ) -> Result<Vec<Hit>, IndexError> {
-        self.search_with(query, k, category, exclude_key, self.search_k_factor)
+        self.search_with(query, k, category, exclude_key, &self.params)
     }
 
-    /// [`Snapshot::search`] with an explicit `search_k` factor (more is slower and more exact).
+    /// [`Snapshot::search`] with explicit search parameters (more candidates: slower, more exact).
     pub fn search_with(
         &self,
         query: &[f32],
         k: usize,
         category: Option<&str>,
         exclude_key: Option<&str>,
-        search_k_factor: usize,
+        params: &SearchParams,
     ) -> Result<Vec<Hit>, IndexError> {
         if query.len() != self.manifest.model.dims {
             return Err(IndexError::Dims {
@@ -318,7 +310,7 @@ impl Snapshot {
                     candidates.remove(id);
                 }
             }
-            for (id, score) in s.seg.search(query, k, &candidates, search_k_factor)? {
+            for (id, score) in s.seg.search(query, k, &candidates, params)? {
                 scored.push((score, si, id));
             }
         }

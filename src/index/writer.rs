@@ -188,6 +188,7 @@ pub async fn build_and_upload(
             sha256,
             sequence: 0,
             level,
+            format: super::manifest::SEGMENT_FORMAT,
         },
         work,
     })
@@ -273,7 +274,14 @@ pub struct Compaction {
 fn pick_inputs(manifest: &Manifest, policy: CompactionPolicy) -> Option<(Vec<String>, u32)> {
     match policy {
         CompactionPolicy::All => {
-            let needs = manifest.segments.len() > 1 || !manifest.deleted.is_empty();
+            // One segment is rewritten too when deletions still hide items in it, or when it is
+            // of an older format.
+            let needs = manifest.segments.len() > 1
+                || !manifest.deleted.is_empty()
+                || manifest
+                    .segments
+                    .iter()
+                    .any(|s| s.format != super::manifest::SEGMENT_FORMAT);
             let level = manifest.segments.iter().map(|s| s.level).max().unwrap_or(0) + 1;
             (needs && !manifest.segments.is_empty()).then(|| {
                 (

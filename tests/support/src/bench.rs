@@ -136,6 +136,11 @@ pub async fn build_index_in(
 /// renormalised: spreads synthetic items over the region real photos occupy without the ties
 /// that copies of a few hundred vectors would create.
 pub fn synth_between(vectors: &[Vec<f32>], rng: &mut StdRng) -> Vec<f32> {
+    synth_between_with(vectors, rng, 0.01)
+}
+
+/// [`synth_between`] with noise of `sigma` per dimension.
+pub fn synth_between_with(vectors: &[Vec<f32>], rng: &mut StdRng, sigma: f32) -> Vec<f32> {
     let (a, b) = (
         &vectors[rng.random_range(0..vectors.len())],
         &vectors[rng.random_range(0..vectors.len())],
@@ -144,9 +149,16 @@ pub fn synth_between(vectors: &[Vec<f32>], rng: &mut StdRng) -> Vec<f32> {
     unit(
         a.iter()
             .zip(b)
-            .map(|(x, y)| w * x + (1.0 - w) * y + 0.01 * gaussian(rng))
+            .map(|(x, y)| w * x + (1.0 - w) * y + sigma * gaussian(rng))
             .collect(),
     )
+}
+
+/// A random real embedding plus noise (`sigma` per dimension), renormalised: clusters around
+/// the real photos, the easier of the index benchmark's two distributions.
+pub fn synth_noisy(vectors: &[Vec<f32>], rng: &mut StdRng, sigma: f32) -> Vec<f32> {
+    let a = &vectors[rng.random_range(0..vectors.len())];
+    unit(a.iter().map(|x| x + sigma * gaussian(rng)).collect())
 }
 
 /// A standard normal sample (Box-Muller).

@@ -6,6 +6,7 @@
 //! - [`cli`]: running the `lookalike` binary ([`lookalike!`]) and checking how it ended.
 //! - [`lambda`]: the `events/` files as templates, and a bucket set up for the Lambda tests.
 //! - [`faults`]: a store that injects faults into a real one.
+//! - [`format1`]: indexes in the first format, as older builds wrote them.
 //! - [`bench`](mod@bench): the benchmarks' photo set, synthetic embeddings, indexes, BENCHMARKS.md.
 
 #![warn(missing_docs)]
@@ -13,6 +14,7 @@
 pub mod bench;
 pub mod cli;
 pub mod faults;
+pub mod format1;
 pub mod lambda;
 pub mod moto;
 pub mod setup;

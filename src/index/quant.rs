@@ -1,0 +1,427 @@
+//! Compact codes of embeddings, as format-2 segments store them:
+//!
+//! - [`Affine`]: 8 bits per dimension over the range the segment spans in that dimension. The
+//!   re-rank scores a float query against these codes.
+//! - [`Thermometer`]: 1 to 4 bits per dimension, compared by Hamming distance, to choose the
+//!   candidates. Image embeddings (post-ReLU features) are all positive, so raw signs would say
+//!   nothing; the thresholds are the segment's own per-dimension quantiles.
+
+/// Words of 64 bits per code of `bits` bits.
+pub fn words(bits: usize) -> usize {
+    bits.div_ceil(64)
+}
+
+/// Per-dimension affine 8-bit quantisation (like faiss's SQ8): dimension `d` of a vector is
+/// `lo[d] + code[d] · step[d]`, with `lo` and `step` taken from the range the segment's own
+/// vectors span in that dimension, so every dimension uses all 256 levels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Affine {
+    /// The smallest value of each dimension.
+    pub lo: Vec<f32>,
+    /// The width of one level in each dimension.
+    pub step: Vec<f32>,
+}
+
+impl Affine {
+    /// The quantiser of `vectors` (all of `dims` dimensions), over each dimension's whole
+    /// range. (Clamping the extreme 0.1% of each dimension made the steps finer but lost recall:
+    /// the large components are the ones that tell neighbours apart.)
+    pub fn fit(vectors: &[&[f32]], dims: usize) -> Self {
+        let mut lo = vec![f32::INFINITY; dims];
+        let mut hi = vec![f32::NEG_INFINITY; dims];
+        for v in vectors {
+            for ((l, h), x) in lo.iter_mut().zip(hi.iter_mut()).zip(v.iter()) {
+                *l = l.min(*x);
+                *h = h.max(*x);
+            }
+        }
+        let step = lo
+            .iter()
+            .zip(&hi)
+            .map(|(l, h)| if h > l { (h - l) / 255.0 } else { 0.0 })
+            .collect();
+        let lo = lo
+            .into_iter()
+            .map(|l| if l.is_finite() { l } else { 0.0 })
+            .collect();
+        Affine { lo, step }
+    }
+
+    /// The code of `v` into `out`.
+    pub fn encode(&self, v: &[f32], out: &mut [u8]) {
+        for (((o, x), l), s) in out.iter_mut().zip(v).zip(&self.lo).zip(&self.step) {
+            *o = if *s > 0.0 {
+                ((x - l) / s).round().clamp(0.0, 255.0) as u8
+            } else {
+                0
+            };
+        }
+    }
+
+    /// The vector a code stands for.
+    pub fn decode(&self, code: &[u8]) -> Vec<f32> {
+        code.iter()
+            .zip(&self.lo)
+            .zip(&self.step)
+            .map(|((&c, l), s)| l + c as f32 * s)
+            .collect()
+    }
+
+    /// What [`Affine::dot`] needs of a query: `q · lo` and `q ⊙ step`.
+    pub fn prepare(&self, q: &[f32]) -> (f32, Vec<f32>) {
+        let base = q.iter().zip(&self.lo).map(|(a, b)| a * b).sum();
+        (base, q.iter().zip(&self.step).map(|(a, b)| a * b).collect())
+    }
+
+    /// The dot product of the prepared query with the vector of `code`.
+    #[inline]
+    pub fn dot(prepared: &(f32, Vec<f32>), code: &[u8]) -> f32 {
+        prepared.0 + dot_u8(&prepared.1, code)
+    }
+}
+
+/// `Σ q[i] · code[i]`, with the CPU's vector instructions where it has them (AVX2 and FMA
+/// on x86_64, detected at run time; the baseline build may not assume them).
+#[inline]
+pub fn dot_u8(q: &[f32], code: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { dot_u8_avx2(q, code) };
+    }
+    dot_u8_portable(q, code)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_u8_avx2(q: &[f32], code: &[u8]) -> f32 {
+    dot_u8_portable(q, code)
+}
+
+#[inline(always)]
+fn dot_u8_portable(q: &[f32], code: &[u8]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (qc, qr) = q.split_at(q.len() - q.len() % LANES);
+    let (cc, cr) = code.split_at(qc.len());
+    for (qs, cs) in qc.chunks_exact(LANES).zip(cc.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += qs[l] * cs[l] as f32;
+        }
+    }
+    let tail: f32 = qr.iter().zip(cr).map(|(a, &b)| a * b as f32).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Thermometer codes: each dimension compared with `planes` thresholds (the segment's own
+/// quantiles of that dimension), one bit per comparison. The Hamming distance of two codes is
+/// the L1 distance of their levels: a cheap, coarse stand-in for the distance of the vectors
+/// that picks the candidates the re-rank then scores exactly. One plane is the sign code of the
+/// vector minus the per-dimension median; fewer dimensions get more planes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thermometer {
+    /// Thresholds, plane after plane (`planes × dims`).
+    pub thresholds: Vec<f32>,
+    /// Dimensions.
+    pub dims: usize,
+}
+
+impl Thermometer {
+    /// Planes for `dims` dimensions: about 1,280 bits per code, from 1 to 4 planes.
+    pub fn planes_for(dims: usize) -> usize {
+        (1280 / dims.max(1)).clamp(1, 4)
+    }
+
+    /// Thresholds at the quantiles `i / (planes + 1)` of each dimension of `vectors`.
+    pub fn fit(vectors: &[&[f32]], dims: usize, planes: usize) -> Self {
+        let mut thresholds = vec![0f32; planes * dims];
+        let mut column = Vec::with_capacity(vectors.len());
+        for d in 0..dims {
+            column.clear();
+            column.extend(vectors.iter().map(|v| v[d]));
+            column.sort_by(f32::total_cmp);
+            for p in 0..planes {
+                thresholds[p * dims + d] = match column.len() {
+                    0 => 0.0,
+                    n => column[(n * (p + 1) / (planes + 1)).min(n - 1)],
+                };
+            }
+        }
+        Thermometer { thresholds, dims }
+    }
+
+    /// Planes of this code.
+    pub fn planes(&self) -> usize {
+        self.thresholds.len() / self.dims.max(1)
+    }
+
+    /// Words of one code.
+    pub fn words(&self) -> usize {
+        words(self.thresholds.len())
+    }
+
+    /// The code of `v` into `out` (`self.words()` words).
+    pub fn encode(&self, v: &[f32], out: &mut [u64]) {
+        out.iter_mut().for_each(|w| *w = 0);
+        for (p, plane) in self.thresholds.chunks_exact(self.dims.max(1)).enumerate() {
+            for (d, (x, t)) in v.iter().zip(plane).enumerate() {
+                if x > t {
+                    let bit = p * self.dims + d;
+                    out[bit / 64] |= 1 << (bit % 64);
+                }
+            }
+        }
+    }
+}
+
+/// The mean of `vectors` (all of `dims` dimensions); zeros when there are none.
+pub fn mean<'a>(vectors: impl IntoIterator<Item = &'a [f32]>, dims: usize) -> Vec<f32> {
+    let mut sum = vec![0f64; dims];
+    let mut n = 0usize;
+    for v in vectors {
+        for (s, x) in sum.iter_mut().zip(v) {
+            *s += *x as f64;
+        }
+        n += 1;
+    }
+    sum.into_iter()
+        .map(|s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
+        .collect()
+}
+
+/// Hamming distance of two sign codes.
+#[inline]
+pub fn hamming(a: &[u64], b: &[u64]) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+/// Little-endian bytes of `f32`s.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `f32`s from little-endian bytes (a trailing partial value is ignored).
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The `i`-th little-endian `f32` of `bytes`.
+#[inline]
+pub fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    let c = &bytes[i * 4..i * 4 + 4];
+    f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+}
+
+/// Sign code `i` (of `w` words) read from a little-endian byte array into `out`.
+#[inline]
+pub fn code_at(bytes: &[u8], i: usize, w: usize, out: &mut [u64]) {
+    let c = &bytes[i * w * 8..(i + 1) * w * 8];
+    for (o, b) in out.iter_mut().zip(c.chunks_exact(8)) {
+        *o = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    }
+}
+
+/// The Hamming distance between `q` and each code of `bits` (codes of `q.len()` words, one after
+/// another), into `out`: the scan of a whole segment. Uses the CPU's population count and
+/// vector instructions where it has them (detected at run time on x86_64).
+pub fn hamming_all(bits: &[u8], q: &[u64], out: &mut Vec<u16>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt")
+    {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { hamming_all_avx2(bits, q, out) };
+    }
+    hamming_all_portable(bits, q, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn hamming_all_avx2(bits: &[u8], q: &[u64], out: &mut Vec<u16>) {
+    hamming_all_portable(bits, q, out)
+}
+
+#[inline(always)]
+fn hamming_all_portable(bits: &[u8], q: &[u64], out: &mut Vec<u16>) {
+    // Plain loops over fixed-size arrays: iterator adaptors would be separate functions,
+    // compiled without the caller's target features.
+    macro_rules! fixed {
+        ($($w:literal),*) => {
+            match q.len() {
+                $($w => return scan_fixed::<$w>(bits, q.try_into().expect("length checked"), out),)*
+                _ => {}
+            }
+        };
+    }
+    fixed!(2, 4, 8, 12, 16, 20, 24, 32);
+    let w = q.len();
+    if w == 0 {
+        return;
+    }
+    let n = bits.len() / (w * 8);
+    out.reserve(n);
+    for i in 0..n {
+        let mut d = 0u32;
+        for (j, y) in q.iter().enumerate() {
+            let off = (i * w + j) * 8;
+            let x = u64::from_le_bytes(bits[off..off + 8].try_into().expect("8 bytes"));
+            d += (x ^ y).count_ones();
+        }
+        out.push(d as u16);
+    }
+}
+
+#[inline(always)]
+fn scan_fixed<const W: usize>(bits: &[u8], q: &[u64; W], out: &mut Vec<u16>) {
+    let n = bits.len() / (W * 8);
+    out.reserve(n);
+    for i in 0..n {
+        let code = &bits[i * W * 8..(i + 1) * W * 8];
+        let mut d = 0u32;
+        let mut j = 0;
+        while j < W {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&code[j * 8..j * 8 + 8]);
+            d += (u64::from_le_bytes(b) ^ q[j]).count_ones();
+            j += 1;
+        }
+        out.push(d as u16);
+    }
+}
+
+/// Hamming distance between `q` and sign code `i` of a little-endian byte array, without copying.
+#[inline]
+pub fn hamming_at(bytes: &[u8], i: usize, q: &[u64]) -> u32 {
+    let c = &bytes[i * q.len() * 8..(i + 1) * q.len() * 8];
+    c.chunks_exact(8)
+        .zip(q)
+        .map(|(b, y)| {
+            let x = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            (x ^ y).count_ones()
+        })
+        .sum()
+}
+
+/// The indices of the `r` smallest of `dist` (ties broken by position), in no particular order.
+/// Distances are small integers (Hamming distances up to the dimension count), so a histogram
+/// finds the cut in one pass.
+pub fn smallest(dist: &[(u32, u16)], r: usize, max_dist: usize) -> Vec<u32> {
+    if dist.len() <= r {
+        return dist.iter().map(|&(i, _)| i).collect();
+    }
+    let mut hist = vec![0usize; max_dist + 2];
+    for &(_, d) in dist {
+        hist[(d as usize).min(max_dist + 1)] += 1;
+    }
+    let (mut cut, mut below) = (0usize, 0usize);
+    while cut < hist.len() && below + hist[cut] < r {
+        below += hist[cut];
+        cut += 1;
+    }
+    // Everything under `cut`, then enough of those exactly at `cut`.
+    let mut at_cut = r - below;
+    let mut out = Vec::with_capacity(r);
+    for &(i, d) in dist {
+        let d = d as usize;
+        if d < cut {
+            out.push(i);
+        } else if d == cut && at_cut > 0 {
+            out.push(i);
+            at_cut -= 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn affine_codes_keep_the_dot_product() {
+        let vs: Vec<Vec<f32>> = (0..50)
+            .map(|j| {
+                unit(
+                    (0..300)
+                        .map(|i| ((i * 37 + j * 11) % 101) as f32 / 101.0)
+                        .collect(),
+                )
+            })
+            .collect();
+        let refs: Vec<&[f32]> = vs.iter().map(|v| v.as_slice()).collect();
+        let q = Affine::fit(&refs, 300);
+        let mut code = vec![0u8; 300];
+        q.encode(&vs[3], &mut code);
+        let approx = Affine::dot(&q.prepare(&vs[7]), &code);
+        let exact: f32 = vs[3].iter().zip(&vs[7]).map(|(a, b)| a * b).sum();
+        assert!((approx - exact).abs() < 1e-3, "{approx} vs {exact}");
+        let back = q.decode(&code);
+        for ((a, b), s) in vs[3].iter().zip(&back).zip(&q.step) {
+            assert!((a - b).abs() <= s / 2.0 + 1e-6);
+        }
+    }
+
+    #[test]
+    fn constant_dimensions_and_odd_lengths() {
+        let vs = [vec![0.5f32, 1.0, 0.0], vec![0.5, 0.0, 1.0]];
+        let refs: Vec<&[f32]> = vs.iter().map(|v| v.as_slice()).collect();
+        let q = Affine::fit(&refs, 3);
+        assert_eq!(q.step[0], 0.0);
+        let mut code = vec![9u8; 3];
+        q.encode(&vs[0], &mut code);
+        assert_eq!(code, [0, 255, 0]);
+        assert_eq!(q.decode(&code), vs[0]);
+        assert_eq!(dot_u8(&[1.0, 2.0, 3.0], &[1, 1, 1]), 6.0);
+    }
+
+    #[test]
+    fn thermometer_hamming_is_the_level_distance() {
+        let vs: Vec<Vec<f32>> = (0..100).map(|i| vec![i as f32, (99 - i) as f32]).collect();
+        let refs: Vec<&[f32]> = vs.iter().map(|v| v.as_slice()).collect();
+        let t = Thermometer::fit(&refs, 2, 3);
+        assert_eq!(t.planes(), 3);
+        let (mut a, mut b) = (vec![0u64; t.words()], vec![0u64; t.words()]);
+        t.encode(&vs[0], &mut a);
+        t.encode(&vs[99], &mut b);
+        // Level 0 vs level 3 in both dimensions.
+        assert_eq!(hamming(&a, &b), 6);
+        t.encode(&vs[60], &mut b);
+        assert_eq!(hamming(&a, &b), 4);
+        assert_eq!(Thermometer::planes_for(1280), 1);
+        assert_eq!(Thermometer::planes_for(256), 4);
+    }
+
+    #[test]
+    fn codes_read_back_from_bytes() {
+        let (a, b) = ([0b1011u64, 7], [0b0001u64, 5]);
+        let bytes: Vec<u8> = a.iter().chain(&b).flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(hamming_at(&bytes, 1, &a), hamming(&a, &b));
+        let mut all = Vec::new();
+        hamming_all(&bytes, &a, &mut all);
+        assert_eq!(all, [0, hamming(&a, &b) as u16]);
+        let mut back = vec![0u64; 2];
+        code_at(&bytes, 1, 2, &mut back);
+        assert_eq!(back, b);
+        assert_eq!(f32s(&f32_bytes(&[1.5, -2.0])), [1.5, -2.0]);
+    }
+
+    #[test]
+    fn smallest_takes_exactly_r_with_ties() {
+        let dist: Vec<(u32, u16)> = [5u16, 1, 3, 3, 3, 0, 9]
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| (i as u32 * 10, d))
+            .collect();
+        let mut got = smallest(&dist, 4, 16);
+        got.sort();
+        assert_eq!(got, [10, 20, 30, 50]);
+        assert_eq!(smallest(&dist, 10, 16).len(), 7);
+    }
+}
