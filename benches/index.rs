@@ -9,8 +9,8 @@
 //!    real embedding plus noise; each a point between two real embeddings plus noise), in the
 //!    same run on the same vectors and queries: lookalike (1, 5 and 20 segments, several re-rank
 //!    budgets), and Annoy, hnswlib and an exact numpy scan through `benches/index_peers.py` in
-//!    `.venv` (`pip install annoy hnswlib` there). Recall@10 against exact search on the
-//!    full-precision vectors, p50/p99 on one thread, bytes per item, build time.
+//!    `.venv` (`.venv/bin/pip install -r requirements-bench.txt`). Recall@10 against exact
+//!    search on the full-precision vectors, p50/p99 on one thread, bytes per item, build time.
 //! 3. `lookalike index` on clothing-small: images/s and peak memory (/usr/bin/time).
 //!
 //! Environment: `LOOKALIKE_BENCH_SIZES` (default `10000,100000`; add `1000000` for the 1M run,
@@ -284,7 +284,7 @@ fn measure_peers(c: &Case, peers: &[String]) -> Vec<Value> {
         .unwrap();
     if !out.status.success() {
         println!(
-            "peers FAILED ({}): is `pip install annoy hnswlib` done in .venv?",
+            "peers FAILED ({}): is requirements-bench.txt installed in .venv?",
             out.status
         );
     }

@@ -3,7 +3,8 @@
 //! - [`manifest`]: the format of the one mutable object, changed only by compare-and-swap.
 //! - [`segment`]: writing and reading one segment (vectors + dictionaries in one LMDB file).
 //! - [`vectors`]: a segment's vectors (compact codes, arroy trees) and the search over them.
-//! - [`quant`]: the int8 and sign codes of format 2.
+//! - [`quant`]: the 8-bit and thermometer codes of format 2.
+//! - [`segment_error`]: why a segment cannot be written or read.
 //! - [`cache`]: verified local copies of segments.
 //! - [`snapshot`]: a consistent read view and the merged multi-segment search.
 //! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod manifest;
 pub mod quant;
 pub mod segment;
+pub mod segment_error;
 pub mod snapshot;
 pub mod vectors;
 pub mod writer;

@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use roaring::RoaringBitmap;
 
 use super::quant;
-use super::segment::SegmentError;
+use super::segment_error::SegmentError;
 
 /// arroy's index number inside the `vectors` database.
 pub(super) const ARROY_INDEX: u16 = 0;
