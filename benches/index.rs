@@ -36,7 +36,8 @@ use testkit::bench::{
 };
 
 const QUERIES: usize = 200;
-const RERANKS: [usize; 4] = [50, 100, 200, 400];
+/// (rerank, nprobe) settings measured; nprobe matters only in segments with inverted lists.
+const SETTINGS: [(usize, usize); 5] = [(100, 16), (200, 8), (200, 16), (400, 16), (400, 48)];
 
 /// Exact top-k by cosine (vectors are unit norm), excluding `skip`.
 fn exact_topk(base: &[Vec<f32>], q: &[f32], k: usize, skip: Option<usize>) -> Vec<usize> {
@@ -212,9 +213,10 @@ async fn measure_lookalike(c: &Case<'_>, segments: usize) -> Vec<Value> {
     let snap = index.snapshot();
     let bytes_per_item = snap.manifest.total_bytes() as f64 / c.items as f64;
     let mut rows = Vec::new();
-    for rerank in RERANKS {
+    for (rerank, nprobe) in SETTINGS {
         let params = SearchParams {
             rerank,
+            nprobe,
             ..SearchParams::default()
         };
         // One pass to fault the memory map in, then the measured pass.
@@ -234,12 +236,15 @@ async fn measure_lookalike(c: &Case<'_>, segments: usize) -> Vec<Value> {
         let recall = hits as f64 / (10.0 * c.queries.len() as f64);
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         println!(
-            "lookalike {} {} {} / {segments} segments, rerank {rerank}: recall@10 {recall:.3}, p50 {p50:.3} ms, p99 {p99:.3} ms, {bytes_per_item:.0} B/item, build {build_s:.1} s",
+            "lookalike {} {} {} / {segments} segments, rerank {rerank}, nprobe {nprobe}: recall@10 {recall:.3}, p50 {p50:.3} ms, p99 {p99:.3} ms, {bytes_per_item:.0} B/item, build {build_s:.1} s",
             c.e.label, c.distribution, c.items
         );
         let mut r = base_row(c, "lookalike");
         r.insert("segments".into(), segments.into());
-        r.insert("params".into(), format!("rerank {rerank}").into());
+        r.insert(
+            "params".into(),
+            format!("rerank {rerank}, nprobe {nprobe}").into(),
+        );
         r.insert("recall_at_10".into(), recall.into());
         r.insert("p50_ms".into(), p50.into());
         r.insert("p99_ms".into(), p99.into());

@@ -3,6 +3,7 @@
 //! - [`manifest`]: the format of the one mutable object, changed only by compare-and-swap.
 //! - [`segment`]: writing and reading one segment (vectors + dictionaries in one LMDB file).
 //! - [`vectors`]: a segment's vectors (compact codes, arroy trees) and the search over them.
+//! - [`ivf`]: inverted lists (k-means clusters) of big segments.
 //! - [`quant`]: the 8-bit and thermometer codes of format 2.
 //! - [`segment_error`]: why a segment cannot be written or read.
 //! - [`cache`]: verified local copies of segments.
@@ -10,6 +11,7 @@
 //! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
 
 pub mod cache;
+pub mod ivf;
 pub mod manifest;
 pub mod quant;
 pub mod segment;

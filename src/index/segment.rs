@@ -130,7 +130,24 @@ fn write_segment_with(
         .unwrap_commit();
 
     let mut wtxn = env.write_txn().map_err(lmdb)?;
-    for (id, (record, vector)) in items.iter().enumerate() {
+    // A big segment is clustered first, and its items are stored list after list: a search
+    // then scans each probed list's codes as one contiguous run.
+    let lists = (items.len() >= params.ivf_from.max(1)
+        && items.iter().all(|(_, v)| v.len() == dims))
+    .then(|| {
+        let vectors: Vec<&[f32]> = items.iter().map(|(_, v)| v.as_slice()).collect();
+        super::ivf::build(
+            &vectors,
+            dims,
+            super::ivf::lists_for(items.len()),
+            params.seed,
+        )
+    });
+    let ordered: Vec<&(ItemRecord, Vec<f32>)> = match &lists {
+        Some(l) => l.ids.iter().map(|&i| &items[i as usize]).collect(),
+        None => items.iter().collect(),
+    };
+    for (id, (record, vector)) in ordered.iter().map(|p| (&p.0, &p.1)).enumerate() {
         if vector.len() != dims {
             return Err(SegmentError::Dims {
                 key: record.key.clone(),
@@ -154,7 +171,7 @@ fn write_segment_with(
     for (k, v) in &fields {
         info_db.put(&mut wtxn, k, v).map_err(lmdb)?;
     }
-    let vectors: Vec<&[f32]> = items.iter().map(|(_, v)| v.as_slice()).collect();
+    let vectors: Vec<&[f32]> = ordered.iter().map(|(_, v)| v.as_slice()).collect();
     vectors::write_compact(
         &shown,
         &mut wtxn,
@@ -162,6 +179,7 @@ fn write_segment_with(
         trees,
         dims,
         &vectors,
+        lists.as_ref(),
         params,
         build_dir.path(),
     )?;

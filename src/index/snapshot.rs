@@ -297,7 +297,16 @@ impl Snapshot {
             });
         }
         let mut scored: Vec<(f32, usize, u32)> = Vec::new();
+        // The re-rank budget is shared by the segments in proportion to their live items (each
+        // gets at least 2k): the neighbours are spread over the segments the same way, and a
+        // small segment then costs little more than its scan.
+        let total = self.live_items.max(1) as usize;
         for (si, s) in self.segments.iter().enumerate() {
+            let share = (params.rerank * s.live.len() as usize).div_ceil(total);
+            let params = &SearchParams {
+                rerank: share.max(2 * k).min(params.rerank),
+                ..*params
+            };
             let mut candidates = match category {
                 Some(c) => match s.categories.get(c) {
                     Some(b) => b.clone(),

@@ -4,14 +4,15 @@
 //! - **format 2** (written by this build): compact codes in the `codes` database, each array a
 //!   single contiguous value that the memory map serves without copying:
 //!   - `u8`: one 8-bit code per dimension and item ([`quant::Affine`], with `lo` and `step`),
+//!   - `fine`: a 2-bit refinement of each 8-bit code, for the final order of the best few,
 //!   - `bits`: one thermometer code per item ([`quant::Thermometer`], with `thresholds`),
 //!   - `center`: the segment's mean (the origin of the trees).
 //!
 //!   Segments of at least [`BuildParams::trees_from`] items also hold arroy trees
 //!   (`BinaryQuantizedCosine` over the centred vectors) in `vectors`. A search chooses
 //!   candidates by bits — from the trees when the segment has them, by a Hamming scan otherwise —
-//!   and scores the best [`SearchParams::rerank`] on the 8-bit codes. About `dims` bytes plus
-//!   160 bytes per item.
+//!   and scores the best [`SearchParams::rerank`] on the 8-bit codes, then the best few again with
+//!   their refinements. About `1.25 × dims` bytes plus 160 bytes per item.
 //! - **format 1** (older builds, read only): full `f32` vectors in an arroy `Cosine` index.
 
 use std::num::NonZeroUsize;
@@ -42,6 +43,8 @@ pub struct BuildParams {
     pub seed: u64,
     /// Segments with fewer items hold no trees: a Hamming scan of their sign codes is faster.
     pub trees_from: usize,
+    /// Segments with at least this many items get inverted lists ([`super::ivf`]).
+    pub ivf_from: usize,
 }
 
 /// Segments below this size hold no trees and are searched by scanning their thermometer codes
@@ -57,6 +60,7 @@ impl Default for BuildParams {
             n_trees: None,
             seed: 42,
             trees_from: DEFAULT_TREES_FROM,
+            ivf_from: super::ivf::IVF_FROM,
         }
     }
 }
@@ -79,7 +83,12 @@ pub struct SearchParams {
     pub tree_factor: usize,
     /// Format 1 only: arroy visits `k × n_trees × search_k_factor` nodes per segment.
     pub search_k_factor: usize,
+    /// In segments with inverted lists, the lists nearest the query whose items are scanned.
+    pub nprobe: usize,
 }
+
+/// Inverted lists scanned per segment by default.
+pub const DEFAULT_NPROBE: usize = 16;
 
 /// Candidates re-scored per segment by default.
 pub const DEFAULT_RERANK: usize = 200;
@@ -90,9 +99,15 @@ impl Default for SearchParams {
             rerank: DEFAULT_RERANK,
             tree_factor: 4,
             search_k_factor: 40,
+            nprobe: DEFAULT_NPROBE,
         }
     }
 }
+
+/// The re-ranked candidates whose refined score is computed: `k × REFINE_FACTOR`, at least
+/// `REFINE_MIN` (per segment: a search of many segments refines each one's best few).
+const REFINE_FACTOR: usize = 4;
+const REFINE_MIN: usize = 40;
 
 /// Where a segment's vectors are.
 pub(super) enum Vectors {
@@ -105,6 +120,8 @@ pub(super) enum Vectors {
 pub(super) struct Compact {
     codes: Codes,
     trees: Option<BitTrees>,
+    /// Inverted lists: the centroids and where each list starts (the ids stay in the map).
+    ivf: Option<(Vec<f32>, Vec<u32>)>,
     affine: quant::Affine,
     thermo: quant::Thermometer,
     center: Vec<f32>,
@@ -115,6 +132,7 @@ pub(super) struct Compact {
 /// The code arrays of a format-2 segment, borrowed from the memory map.
 struct CodeArrays<'t> {
     u8: &'t [u8],
+    fine: &'t [u8],
     bits: &'t [u8],
 }
 
@@ -168,17 +186,53 @@ impl Compact {
             },
             thermo: quant::Thermometer { thresholds, dims },
             center: floats("center", dims)?,
+            ivf: None,
             dims,
             len,
         };
         compact.arrays(name, rtxn)?;
-        Ok(compact)
+        let centroids = codes
+            .get(rtxn, "ivf_centroids")
+            .map_err(|e| SegmentError::Lmdb(name.to_string(), e))?;
+        let ivf = match centroids {
+            None => None,
+            Some(c) if !c.is_empty() && c.len() % (dims * 4) == 0 => {
+                let lists = c.len() / (dims * 4);
+                let offsets: Vec<u32> =
+                    get(codes, name, rtxn, "ivf_offsets", Some((lists + 1) * 4))?
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
+                if !ordered || offsets.last() != Some(&(len as u32)) {
+                    return Err(SegmentError::Invalid(
+                        name.to_string(),
+                        "bad inverted lists".into(),
+                    ));
+                }
+                Some((quant::f32s(c), offsets))
+            }
+            Some(_) => {
+                return Err(SegmentError::Invalid(
+                    name.to_string(),
+                    "bad inverted-list centroids".into(),
+                ))
+            }
+        };
+        Ok(Compact { ivf, ..compact })
     }
 
     fn arrays<'t>(&self, name: &str, rtxn: &'t RoTxn) -> Result<CodeArrays<'t>, SegmentError> {
         let n = self.len;
         Ok(CodeArrays {
             u8: get(self.codes, name, rtxn, "u8", Some(n * self.dims))?,
+            fine: get(
+                self.codes,
+                name,
+                rtxn,
+                "fine",
+                Some(n * quant::fine_len(self.dims)),
+            )?,
             bits: get(
                 self.codes,
                 name,
@@ -212,7 +266,11 @@ impl Vectors {
                     return Ok(None);
                 }
                 let a = c.arrays(name, rtxn)?;
-                Ok(Some(c.affine.decode(&a.u8[i * c.dims..(i + 1) * c.dims])))
+                let f = quant::fine_len(c.dims);
+                Ok(Some(c.affine.decode_fine(
+                    &a.u8[i * c.dims..(i + 1) * c.dims],
+                    &a.fine[i * f..(i + 1) * f],
+                )))
             }
         }
     }
@@ -281,6 +339,12 @@ impl Compact {
             .filter(|_| candidates.len() * 2 >= self.len as u64)
         {
             self.tree_candidates(name, rtxn, trees, query, rerank, candidates, params)?
+        } else if let Some(ivf) = self
+            .ivf
+            .as_ref()
+            .filter(|_| candidates.len() * 2 >= self.len as u64)
+        {
+            self.probe_candidates(&a, ivf, query, rerank, candidates, params)
         } else {
             self.scan_candidates(&a, query, rerank, candidates)
         };
@@ -294,13 +358,25 @@ impl Compact {
                 (id, quant::Affine::dot(&prepared, code))
             })
             .collect();
-        let k = k.min(scored.len());
-        if k == 0 {
+        // The best few by the 8-bit codes are scored again with their 2-bit refinements: that
+        // settles the order of near ties, where the 8-bit error is as large as the gaps.
+        let refine = (k * REFINE_FACTOR).max(REFINE_MIN).min(scored.len());
+        if refine == 0 || k == 0 {
             return Ok(Vec::new());
         }
-        scored.select_nth_unstable_by(k - 1, |x, y| y.1.total_cmp(&x.1));
-        scored.truncate(k);
+        scored.select_nth_unstable_by(refine - 1, |x, y| y.1.total_cmp(&x.1));
+        scored.truncate(refine);
+        let f = quant::fine_len(self.dims);
+        for (id, score) in scored.iter_mut() {
+            let i = *id as usize;
+            *score = quant::Affine::dot_fine(
+                &prepared,
+                &a.u8[i * self.dims..(i + 1) * self.dims],
+                &a.fine[i * f..(i + 1) * f],
+            );
+        }
         scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+        scored.truncate(k);
         Ok(scored)
     }
 
@@ -329,6 +405,37 @@ impl Compact {
                 .map(|id| (id, quant::hamming_at(a.bits, id as usize, &q) as u16))
                 .collect()
         };
+        quant::smallest(&dist, r, self.thermo.thresholds.len())
+    }
+
+    /// The `r` candidates nearest by thermometer code among the items of the `nprobe` inverted
+    /// lists nearest the query.
+    fn probe_candidates(
+        &self,
+        a: &CodeArrays,
+        (centroids, offsets): &(Vec<f32>, Vec<u32>),
+        query: &[f32],
+        r: usize,
+        candidates: &RoaringBitmap,
+        params: &SearchParams,
+    ) -> Vec<u32> {
+        let all = candidates.len() as usize == self.len;
+        let mut q = vec![0u64; self.thermo.words()];
+        self.thermo.encode(query, &mut q);
+        let w8 = q.len() * 8;
+        let mut dist: Vec<(u32, u16)> = Vec::new();
+        let mut run = Vec::new();
+        for list in super::ivf::probe(centroids, self.dims, query, params.nprobe) {
+            let (from, to) = (offsets[list] as usize, offsets[list + 1] as usize);
+            run.clear();
+            quant::hamming_all(&a.bits[from * w8..to * w8], &q, &mut run);
+            dist.extend(
+                run.iter()
+                    .enumerate()
+                    .map(|(i, &d)| ((from + i) as u32, d))
+                    .filter(|&(id, _)| all || candidates.contains(id)),
+            );
+        }
         quant::smallest(&dist, r, self.thermo.thresholds.len())
     }
 
@@ -368,6 +475,7 @@ pub(super) fn write_compact(
     trees: BitTrees,
     dims: usize,
     vectors: &[&[f32]],
+    lists: Option<&super::ivf::Lists>,
     params: BuildParams,
     tmpdir: &std::path::Path,
 ) -> Result<(), SegmentError> {
@@ -379,22 +487,35 @@ pub(super) fn write_compact(
     let thermo = quant::Thermometer::fit(vectors, dims, quant::Thermometer::planes_for(dims));
     let w = thermo.words();
     let mut u8s = vec![0u8; n * dims];
+    let f = quant::fine_len(dims);
+    let mut fine = vec![0u8; n * f];
     let mut bits = vec![0u64; n * w];
     for (i, v) in vectors.iter().enumerate() {
-        affine.encode(v, &mut u8s[i * dims..(i + 1) * dims]);
+        let code = &mut u8s[i * dims..(i + 1) * dims];
+        affine.encode(v, code);
+        affine.encode_fine(v, code, &mut fine[i * f..(i + 1) * f]);
         thermo.encode(v, &mut bits[i * w..(i + 1) * w]);
     }
     let bits: Vec<u8> = bits.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let fields: [(&str, &[u8]); 6] = [
+    let fields: [(&str, &[u8]); 7] = [
         ("center", &quant::f32_bytes(&center)),
         ("lo", &quant::f32_bytes(&affine.lo)),
         ("step", &quant::f32_bytes(&affine.step)),
         ("thresholds", &quant::f32_bytes(&thermo.thresholds)),
         ("u8", &u8s),
+        ("fine", &fine),
         ("bits", &bits),
     ];
     for (field, bytes) in fields {
         codes.put(wtxn, field, bytes).map_err(lmdb)?;
+    }
+    if let Some(lists) = lists {
+        // The items are stored list after list: list `c` is the ids `offsets[c]..offsets[c + 1]`.
+        let offsets: Vec<u8> = lists.offsets.iter().flat_map(|x| x.to_le_bytes()).collect();
+        codes
+            .put(wtxn, "ivf_centroids", &quant::f32_bytes(&lists.centroids))
+            .map_err(lmdb)?;
+        codes.put(wtxn, "ivf_offsets", &offsets).map_err(lmdb)?;
     }
     if n >= params.trees_from.max(1) {
         let mut writer = arroy::Writer::<BinaryQuantizedCosine>::new(trees, ARROY_INDEX, dims);
