@@ -297,16 +297,11 @@ impl Snapshot {
             });
         }
         let mut scored: Vec<(f32, usize, u32)> = Vec::new();
-        // The re-rank budget is shared by the segments in proportion to their live items (each
-        // gets at least 2k): the neighbours are spread over the segments the same way, and a
-        // small segment then costs little more than its scan.
-        let total = self.live_items.max(1) as usize;
+        // Every segment gets the whole re-rank budget. (Sharing it in proportion to segment
+        // size halved the time of a 20-segment search on synthetic data, but cut leave-one-out
+        // P@10 on clothing-small in 3 segments from 0.654 to 0.577: with real embeddings the
+        // candidates by bits are not good enough to score only a third of a small segment.)
         for (si, s) in self.segments.iter().enumerate() {
-            let share = (params.rerank * s.live.len() as usize).div_ceil(total);
-            let params = &SearchParams {
-                rerank: share.max(2 * k).min(params.rerank),
-                ..*params
-            };
             let mut candidates = match category {
                 Some(c) => match s.categories.get(c) {
                     Some(b) => b.clone(),
