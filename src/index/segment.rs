@@ -197,6 +197,8 @@ fn write_segment_with(
 /// A segment file opened read-only and memory-mapped.
 pub struct Segment {
     path: PathBuf,
+    /// The path as error messages show it (made once, not on every search).
+    shown: String,
     env: Env<WithoutTls>,
     vectors: Vectors,
     /// The segment's format (`"2"`, or `"1"` for an older segment).
@@ -324,6 +326,7 @@ impl Segment {
         drop(rtxn);
         Ok(Segment {
             path: path.to_path_buf(),
+            shown: shown.clone(),
             env,
             vectors,
             format,
@@ -341,7 +344,7 @@ impl Segment {
     }
 
     fn lmdb(&self, e: heed::Error) -> SegmentError {
-        SegmentError::Lmdb(self.path.display().to_string(), e)
+        SegmentError::Lmdb(self.shown.clone(), e)
     }
 
     /// All (key, id) pairs, in key order.
@@ -381,8 +384,7 @@ impl Segment {
     /// component's scale of the original).
     pub fn vector(&self, id: u32) -> Result<Option<Vec<f32>>, SegmentError> {
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        self.vectors
-            .vector(&self.path.display().to_string(), &rtxn, id)
+        self.vectors.vector(&self.shown, &rtxn, id)
     }
 
     /// Approximate nearest neighbours among `candidates`: (id, cosine similarity), best first.
@@ -397,13 +399,7 @@ impl Segment {
             return Ok(Vec::new());
         }
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        self.vectors.search(
-            &self.path.display().to_string(),
-            &rtxn,
-            query,
-            k,
-            candidates,
-            params,
-        )
+        self.vectors
+            .search(&self.shown, &rtxn, query, k, candidates, params)
     }
 }

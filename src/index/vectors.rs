@@ -275,7 +275,8 @@ impl Vectors {
         }
     }
 
-    /// The `k` nearest of `candidates` to `query` by cosine similarity, best first.
+    /// The `k` nearest of `candidates` (not empty; `k > 0`: [`super::segment::Segment::search`]
+    /// checks) to `query` by cosine similarity, best first.
     pub(super) fn search(
         &self,
         name: &str,
@@ -285,9 +286,6 @@ impl Vectors {
         candidates: &RoaringBitmap,
         params: &SearchParams,
     ) -> Result<Vec<(u32, f32)>, SegmentError> {
-        if k == 0 || candidates.is_empty() {
-            return Ok(Vec::new());
-        }
         match self {
             Vectors::Float(db) => search_float(name, rtxn, *db, query, k, candidates, params),
             Vectors::Compact(c) => c.search(name, rtxn, query, k, candidates, params),
