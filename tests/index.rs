@@ -16,7 +16,7 @@ use lookalike::model::ModelRef;
 use lookalike::store::{DynStore, LocalStore};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use testkit::faults::{Fault, FaultyStore};
+use testkit::faults::{Fault, FaultyStore, HoldSegmentUpload};
 
 const DIMS: usize = 16;
 
@@ -249,6 +249,7 @@ async fn compaction_keeps_live_items_and_results() {
         )
         .await
         .unwrap()
+        .done()
         .expect("six level-0 segments trigger a merge");
         assert_eq!(c.merged.len(), 6);
         let after = index.snapshot();
@@ -268,7 +269,9 @@ async fn compaction_keeps_live_items_and_results() {
         assert_eq!(results(&after), expected, "{name}: same search results");
 
         // The merged inputs are now unlisted: gc removes them; the cache dropped them on sync.
-        let removed = writer::gc(&index, Duration::ZERO).await.unwrap();
+        let removed = writer::gc(&index, writer::GcPolicy::uniform(std::time::Duration::ZERO))
+            .await
+            .unwrap();
         assert_eq!(removed.len(), 6, "{name}");
         assert_eq!(store.list("segments/").await.unwrap().len(), 1);
         let cached: Vec<_> = std::fs::read_dir(index.cache().dir())
@@ -277,6 +280,161 @@ async fn compaction_keeps_live_items_and_results() {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".lmdb"))
             .collect();
         assert_eq!(cached.len(), 1, "{name}: cache keeps only listed segments");
+    }
+}
+
+/// Deletes and overwrites committed while a compaction is building its segment survive the
+/// compaction's commit (the merged segment was built from the state before them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_committed_during_a_compaction_survive_it() {
+    for (name, store) in stores().await {
+        for policy in [
+            CompactionPolicy::All,
+            CompactionPolicy::Tiered { fanout: 2 },
+        ] {
+            let hold = Arc::new(HoldSegmentUpload::default());
+            let held: DynStore = Arc::new(FaultyStore {
+                inner: store.clone(),
+                fault: hold.clone(),
+            });
+            // A fresh prefix of the same store for each policy.
+            let writer_index = open(&store).await;
+            let mut rng = StdRng::seed_from_u64(11);
+            let first =
+                writer::append(&writer_index, &model(), vec![], &[], BuildParams::default())
+                    .await
+                    .unwrap();
+            assert!(first.is_none());
+            for b in 0..3 {
+                let items = (0..5)
+                    .map(|i| item(&format!("c/{b}-{i}.jpg"), "e1", random_vec(&mut rng)))
+                    .collect();
+                writer::append(&writer_index, &model(), items, &[], BuildParams::default())
+                    .await
+                    .unwrap();
+            }
+            let cache = tempfile::tempdir().unwrap();
+            let compactor = Index::open(held, cache.path(), Some(model()))
+                .await
+                .unwrap();
+            hold.arm();
+            let mut task = tokio::spawn(async move {
+                writer::compact(&compactor, policy, BuildParams::default()).await
+            });
+            tokio::select! {
+                _ = hold.reached() => {}
+                r = &mut task => panic!("{name}: the compaction ended before its upload: {r:?}"),
+            }
+            // While the merged segment waits to be uploaded: a delete, an overwrite, a new item.
+            let newer = random_vec(&mut rng);
+            writer::append(
+                &writer_index,
+                &model(),
+                vec![
+                    item("c/1-1.jpg", "e2", newer),
+                    item("c/new.jpg", "e1", random_vec(&mut rng)),
+                ],
+                &["c/0-0.jpg".into(), "c/2-4.jpg".into()],
+                BuildParams::default(),
+            )
+            .await
+            .unwrap();
+            hold.release();
+            let done = task
+                .await
+                .unwrap()
+                .unwrap()
+                .done()
+                .expect("compaction commits");
+            assert!(done.merged.len() >= 2, "{name} {policy:?}");
+            let snap = open(&store).await.snapshot();
+            assert!(
+                snap.record("c/0-0.jpg").unwrap().is_none(),
+                "{name} {policy:?}: delete undone"
+            );
+            assert!(
+                snap.record("c/2-4.jpg").unwrap().is_none(),
+                "{name} {policy:?}: delete undone"
+            );
+            assert_eq!(
+                snap.record("c/1-1.jpg").unwrap().unwrap().etag,
+                "e2",
+                "{name} {policy:?}"
+            );
+            assert!(
+                snap.record("c/new.jpg").unwrap().is_some(),
+                "{name} {policy:?}"
+            );
+            assert_eq!(snap.live_items(), 15 - 2 + 1, "{name} {policy:?}");
+            let hits = snap.search(&random_vec(&mut rng), 20, None, None).unwrap();
+            let keys: HashSet<String> = hits.into_iter().map(|h| h.record.key).collect();
+            assert!(
+                !keys.contains("c/0-0.jpg") && !keys.contains("c/2-4.jpg"),
+                "{name}"
+            );
+            assert_eq!(keys.len(), 14, "{name} {policy:?}");
+            // Each policy in its own index.
+            for obj in store.list("").await.unwrap() {
+                store.delete(&obj.key).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Segments replaced by a compaction stay downloadable for the grace period (a reader of the
+/// previous manifest may still fetch them), then gc removes them and forgets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retired_segments_outlive_their_manifest_by_the_grace_period() {
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(5);
+        for b in 0..3 {
+            let items = (0..4)
+                .map(|i| item(&format!("c/{b}-{i}.jpg"), "e", random_vec(&mut rng)))
+                .collect();
+            writer::append(&index, &model(), items, &[], BuildParams::default())
+                .await
+                .unwrap();
+        }
+        // A reader that synced the manifest before the compaction and has not downloaded yet.
+        let previous = lookalike::store::get_object(store.as_ref(), MANIFEST_KEY)
+            .await
+            .unwrap();
+        let c = writer::compact(&index, CompactionPolicy::All, BuildParams::default())
+            .await
+            .unwrap()
+            .done()
+            .unwrap();
+        let manifest = index.refresh().await.unwrap().manifest.clone();
+        assert_eq!(manifest.retired.len(), 3, "{name}");
+        assert!(c.merged.iter().all(|n| manifest.retired.contains_key(n)));
+        // Orphans without grace, retired segments with an hour: nothing is removed.
+        let policy = writer::GcPolicy {
+            retired: Duration::from_secs(3600),
+            orphans: Duration::ZERO,
+        };
+        assert!(
+            writer::gc(&index, policy).await.unwrap().is_empty(),
+            "{name}"
+        );
+        let old = Manifest::from_bytes(&previous.bytes).unwrap();
+        for s in &old.segments {
+            let got = lookalike::store::get_object(store.as_ref(), &segment_key(&s.name)).await;
+            assert!(
+                got.is_ok(),
+                "{name}: {} was deleted within its grace period",
+                s.name
+            );
+        }
+        // Past the grace period they go, and the manifest forgets them.
+        let removed = writer::gc(&index, writer::GcPolicy::uniform(Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(removed.len(), 3, "{name}");
+        let after = index.refresh().await.unwrap();
+        assert!(after.manifest.retired.is_empty(), "{name}");
+        assert_eq!(after.live_items(), 12, "{name}");
+        assert_eq!(store.list("segments/").await.unwrap().len(), 1, "{name}");
     }
 }
 
@@ -308,12 +466,16 @@ async fn uncommitted_segment_is_invisible_and_collected() {
         assert_eq!(snap.live_items(), 1, "{name}: the orphan is never served");
         assert!(snap.record("a/2.jpg").unwrap().is_none());
         // Young orphans are kept (their writer may still commit); old ones are removed.
-        assert!(writer::gc(&index, Duration::from_secs(3600))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            writer::gc(&index, writer::GcPolicy::uniform(Duration::from_secs(3600)))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
-            writer::gc(&index, Duration::ZERO).await.unwrap(),
+            writer::gc(&index, writer::GcPolicy::uniform(std::time::Duration::ZERO))
+                .await
+                .unwrap(),
             vec![orphan.entry.name.clone()]
         );
         assert!(store
@@ -529,7 +691,8 @@ async fn incremental_snapshots_match_snapshots_built_from_scratch() {
         if round == 8 {
             writer::compact(&follower, CompactionPolicy::All, BuildParams::default())
                 .await
-                .unwrap();
+                .unwrap()
+                .done();
         }
         follower.refresh().await.unwrap();
         let fresh = open(&store).await;
@@ -764,6 +927,7 @@ async fn first_format_indexes_are_read_and_compacted_into_the_new_format() {
     writer::compact(&index, CompactionPolicy::All, BuildParams::default())
         .await
         .unwrap()
+        .done()
         .expect("compacted");
     let snap = index.refresh().await.unwrap();
     assert_eq!(snap.segment_count(), 1);

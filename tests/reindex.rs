@@ -344,7 +344,9 @@ async fn reindex_round_trip(w: &World, a: &Arc<Encoder>, b: &Arc<Encoder>) {
         "{name}"
     );
     // (gc also takes the segment that the refused ingest uploaded before its commit failed.)
-    let removed = writer::gc(&index, std::time::Duration::ZERO).await.unwrap();
+    let removed = writer::gc(&index, writer::GcPolicy::uniform(std::time::Duration::ZERO))
+        .await
+        .unwrap();
     assert!(
         old.segments.iter().all(|s| removed.contains(&s.name)),
         "{name}"

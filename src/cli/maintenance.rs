@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use lookalike::index::maintain::{maintain, MaintainPolicy};
 use lookalike::index::segment::BuildParams;
-use lookalike::index::writer::{self, CompactionPolicy};
+use lookalike::index::writer::{self, CompactionPolicy, GcPolicy};
 
 use super::common::IndexLocation;
 
@@ -43,6 +44,28 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long unlisted segment files are kept (`compact` and `gc`).
+#[derive(Debug, Args)]
+pub struct GraceArgs {
+    /// Keep a segment that left the manifest (replaced by a compaction or a reindex) this many
+    /// seconds: readers of the previous manifest may still download it.
+    #[arg(long, default_value_t = 900)]
+    pub grace_secs: u64,
+    /// Keep a segment that no manifest ever listed this many seconds after it was created: a
+    /// writer (a long reindex) may still be about to commit it.
+    #[arg(long, default_value_t = 86_400)]
+    pub orphan_grace_secs: u64,
+}
+
+impl GraceArgs {
+    fn policy(&self) -> GcPolicy {
+        GcPolicy {
+            retired: Duration::from_secs(self.grace_secs),
+            orphans: Duration::from_secs(self.orphan_grace_secs),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CompactArgs {
     #[command(flatten)]
@@ -53,20 +76,29 @@ pub struct CompactArgs {
     /// Tiered fan-out: segments per level that trigger a merge.
     #[arg(long, default_value_t = 4)]
     pub fanout: usize,
+    #[command(flatten)]
+    pub grace: GraceArgs,
 }
 
 pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let index = args.location.open(None).await?;
-    let policy = if args.all {
+    let compaction = if args.all {
         CompactionPolicy::All
     } else {
         CompactionPolicy::Tiered {
             fanout: args.fanout,
         }
     };
-    let mut rounds = 0;
-    while let Some(c) = writer::compact(&index, policy, BuildParams::default()).await? {
-        rounds += 1;
+    let run = maintain(
+        &index,
+        MaintainPolicy {
+            compaction,
+            gc: args.grace.policy(),
+            ..MaintainPolicy::default()
+        },
+    )
+    .await?;
+    for c in &run.compactions {
         println!(
             "merged {} segments into {} (index version {})",
             c.merged.len(),
@@ -78,20 +110,16 @@ pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
                 )),
             c.version
         );
-        if matches!(policy, CompactionPolicy::All) {
-            break;
-        }
     }
-    if rounds == 0 {
+    if run.compactions.is_empty() {
         println!("nothing to compact");
     }
-    let removed = writer::gc(&index, Duration::from_secs(15 * 60)).await?;
-    if !removed.is_empty() {
-        println!(
-            "removed {} unlisted segment files older than 15 minutes",
-            removed.len()
-        );
-    }
+    println!(
+        "{} segments before, {} after; removed {} unlisted segment files",
+        run.segments_before,
+        run.segments_after,
+        run.removed.len()
+    );
     Ok(())
 }
 
@@ -99,14 +127,13 @@ pub async fn compact(args: CompactArgs) -> anyhow::Result<()> {
 pub struct GcArgs {
     #[command(flatten)]
     pub location: IndexLocation,
-    /// Keep unlisted segments younger than this many seconds (a writer may be about to commit them).
-    #[arg(long, default_value_t = 900)]
-    pub grace_secs: u64,
+    #[command(flatten)]
+    pub grace: GraceArgs,
 }
 
 pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let index = args.location.open(None).await?;
-    let removed = writer::gc(&index, Duration::from_secs(args.grace_secs)).await?;
+    let removed = writer::gc(&index, args.grace.policy()).await?;
     println!("removed {} unlisted segment files", removed.len());
     for name in removed {
         println!("  {name}");

@@ -38,6 +38,11 @@ pub struct Manifest {
     pub deleted: BTreeMap<String, u64>,
     /// The sequence number the next commit hands out.
     pub next_sequence: u64,
+    /// Segments that left the manifest (replaced by a compaction or a reindex), with the time
+    /// they left it (ms since the Unix epoch). Readers of an earlier manifest may still fetch
+    /// them, so `gc` deletes one only a grace period after it was retired.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired: BTreeMap<String, u64>,
 }
 
 /// One segment of a snapshot.
@@ -97,19 +102,25 @@ impl Manifest {
             segments: Vec::new(),
             deleted: BTreeMap::new(),
             next_sequence: 1,
+            retired: BTreeMap::new(),
         }
     }
 
     /// The manifest that replaces `old` with a rebuilt index (a reindex): `model`, only
     /// `segments` (numbered in order), no deletions; one version after `old`, with sequence
-    /// numbers continuing from it.
+    /// numbers continuing from it. `old`'s segments are retired at `now_ms`.
     pub fn successor(
         old: &Manifest,
         model: ModelRef,
         segments: impl IntoIterator<Item = SegmentEntry>,
+        now_ms: u64,
     ) -> Manifest {
         let mut manifest = Manifest::new(model);
         manifest.next_sequence = old.next_sequence;
+        manifest.retired = old.retired.clone();
+        for s in &old.segments {
+            manifest.retired.insert(s.name.clone(), now_ms);
+        }
         for mut entry in segments {
             entry.sequence = manifest.bump();
             manifest.segments.push(entry);
@@ -168,6 +179,11 @@ impl Manifest {
             }
             last = s.sequence;
         }
+        if let Some(name) = self.retired.keys().find(|n| !is_segment_name(n)) {
+            return Err(ManifestError::Invalid(format!(
+                "bad retired segment name {name:?}"
+            )));
+        }
         Ok(())
     }
 
@@ -177,6 +193,14 @@ impl Manifest {
         self.next_sequence += 1;
         self.version += 1;
         seq
+    }
+
+    /// Take `names` out of the segment list and record them as retired at `now_ms`.
+    pub fn retire(&mut self, names: &[String], now_ms: u64) {
+        self.segments.retain(|s| !names.contains(&s.name));
+        for name in names {
+            self.retired.insert(name.clone(), now_ms);
+        }
     }
 
     /// Items hidden by a deletion: `key` in a segment of sequence `seq`.
@@ -237,7 +261,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let m = sample();
+        let mut m = sample();
+        assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap(), m);
+        m.retire(&["abc-1.lmdb".to_string()], 7);
+        assert!(m.segments.is_empty());
         assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap(), m);
     }
 
@@ -278,10 +305,11 @@ mod tests {
         };
         let mut rebuilt = old.segments[0].clone();
         rebuilt.name = "def-2.lmdb".into();
-        let m = Manifest::successor(&old, model.clone(), [rebuilt.clone(), rebuilt]);
+        let m = Manifest::successor(&old, model.clone(), [rebuilt.clone(), rebuilt], 42);
         assert_eq!(m.model, model);
         assert_eq!(m.version, 8);
         assert!(m.deleted.is_empty());
+        assert_eq!(m.retired.get("abc-1.lmdb"), Some(&42));
         let seqs: Vec<u64> = m.segments.iter().map(|s| s.sequence).collect();
         assert_eq!(seqs, vec![next_seq, next_seq + 1]);
         assert_eq!(m.next_sequence, next_seq + 2);

@@ -9,9 +9,11 @@
 //! - [`cache`]: verified local copies of segments.
 //! - [`snapshot`]: a consistent read view and the merged multi-segment search.
 //! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
+//! - [`maintain`]: compaction rounds and garbage collection as one unattended run.
 
 pub mod cache;
 pub mod ivf;
+pub mod maintain;
 pub mod manifest;
 pub mod quant;
 pub mod segment;

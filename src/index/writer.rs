@@ -34,18 +34,23 @@ pub struct Commit {
     pub manifest_commit: Duration,
 }
 
-/// A new segment name: creation time (for garbage collection) and randomness (uniqueness).
-fn new_segment_name() -> String {
-    let ms = SystemTime::now()
+/// Milliseconds since the Unix epoch (the clock of segment names and retirements).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis();
+        .as_millis() as u64
+}
+
+/// A new segment name: creation time (for garbage collection) and randomness (uniqueness).
+fn new_segment_name() -> String {
+    let ms = now_ms();
     let r: u64 = rand::rng().random();
     format!("{ms:013}-{r:016x}.lmdb")
 }
 
 /// Creation time encoded in a segment name.
-fn segment_created_ms(name: &str) -> Option<u128> {
+fn segment_created_ms(name: &str) -> Option<u64> {
     name.split('-').next()?.parse().ok()
 }
 
@@ -271,7 +276,29 @@ pub struct Compaction {
     pub version: u64,
 }
 
-fn pick_inputs(manifest: &Manifest, policy: CompactionPolicy) -> Option<(Vec<String>, u32)> {
+/// What [`compact`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compacted {
+    /// The policy found nothing to merge.
+    Nothing,
+    /// Another writer removed an input first (a concurrent compaction): nothing committed.
+    Raced,
+    /// Merged and committed.
+    Done(Compaction),
+}
+
+impl Compacted {
+    /// The committed compaction, if any.
+    pub fn done(self) -> Option<Compaction> {
+        match self {
+            Compacted::Done(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// The segments `policy` merges next in `manifest`, and the level of their merge.
+pub fn pick_inputs(manifest: &Manifest, policy: CompactionPolicy) -> Option<(Vec<String>, u32)> {
     match policy {
         CompactionPolicy::All => {
             // One segment is rewritten too when deletions still hide items in it, or when it is
@@ -312,11 +339,11 @@ pub async fn compact(
     index: &Index,
     policy: CompactionPolicy,
     params: BuildParams,
-) -> Result<Option<Compaction>, IndexError> {
+) -> Result<Compacted, IndexError> {
     let snapshot = index.refresh().await?;
     let model = snapshot.manifest.model.clone();
     let Some((inputs, level)) = pick_inputs(&snapshot.manifest, policy) else {
-        return Ok(None);
+        return Ok(Compacted::Nothing);
     };
     let items = {
         let snap = snapshot.clone();
@@ -339,16 +366,20 @@ pub async fn compact(
             return Ok(false);
         }
         let seq = listed.iter().map(|s| s.sequence).max().unwrap_or(0);
-        m.segments.retain(|s| !inputs.contains(&s.name));
-        // A deletion still matters only if a segment that was not merged is older than it: the
-        // merged output holds no item that any deletion hides.
+        m.retire(&inputs, now_ms());
+        // A deletion still matters if a segment it hides is left: one that was not merged and is
+        // older than it, or the output (which takes sequence `seq`) when the deletion is newer
+        // than every input, i.e. was committed while the merge was being built and so is not
+        // applied to the output's items.
         let oldest_other = m
             .segments
             .iter()
             .map(|s| s.sequence)
             .min()
             .unwrap_or(u64::MAX);
-        m.deleted.retain(|_, &mut d| d > oldest_other);
+        let output_seq = if output.is_some() { seq } else { u64::MAX };
+        let oldest_left = oldest_other.min(output_seq);
+        m.deleted.retain(|_, &mut d| d > oldest_left);
         if let Some(o) = &output {
             let mut entry = o.entry.clone();
             entry.sequence = seq;
@@ -362,41 +393,102 @@ pub async fn compact(
     .await?;
     if !committed {
         tracing::warn!("compaction inputs changed concurrently; nothing committed");
-        return Ok(None);
+        return Ok(Compacted::Raced);
     }
     if let Some(o) = output {
         o.install(index)?;
     }
     index.refresh().await?;
-    Ok(Some(Compaction {
+    Ok(Compacted::Done(Compaction {
         merged: inputs,
         output: out_entry,
         version: manifest.version,
     }))
 }
 
-/// Delete segment objects that no manifest lists and that are older than `grace` (a writer may
-/// still be about to commit a younger one). Returns the deleted names.
-pub async fn gc(index: &Index, grace: Duration) -> Result<Vec<String>, IndexError> {
-    let snapshot = index.refresh().await?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
+/// How long `gc` leaves segment files that no manifest lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// A retired segment (replaced by a compaction or a reindex) is deleted this long after it
+    /// left the manifest: readers that synced an earlier manifest (a cold start downloading it,
+    /// a container between checks) may still fetch it.
+    pub retired: Duration,
+    /// A segment no manifest ever listed (uploaded by a writer that died or has not committed
+    /// yet, e.g. a reindex still running) is deleted this long after it was created.
+    pub orphans: Duration,
+}
+
+impl GcPolicy {
+    /// The same grace period for retired and orphaned segments (`Duration::ZERO`: none, for
+    /// tests and an index that nothing else reads or writes).
+    pub fn uniform(grace: Duration) -> Self {
+        GcPolicy {
+            retired: grace,
+            orphans: grace,
+        }
+    }
+}
+
+impl Default for GcPolicy {
+    fn default() -> Self {
+        GcPolicy {
+            retired: Duration::from_secs(15 * 60),
+            orphans: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Delete the segment files that no manifest lists, each once its grace period is over (see
+/// [`GcPolicy`]), and drop the deleted ones from the manifest's retired list. Returns the
+/// deleted names.
+pub async fn gc(index: &Index, policy: GcPolicy) -> Result<Vec<String>, IndexError> {
+    // List first, then read the manifest: a segment that leaves the manifest in between is then
+    // already among the retired ones (a segment is forgotten only after its file is deleted).
+    let objects = index.store().list(SEGMENTS_PREFIX).await?;
+    let manifest = match get_object(index.store().as_ref(), MANIFEST_KEY).await {
+        Ok(o) => Manifest::from_bytes(&o.bytes)?,
+        Err(StoreError::NotFound(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let now = now_ms();
+    let age = |since: u64| Duration::from_millis(now.saturating_sub(since));
     let mut removed = Vec::new();
-    for obj in index.store().list(SEGMENTS_PREFIX).await? {
+    let mut present = std::collections::HashSet::new();
+    for obj in objects {
         let name = obj.key.trim_start_matches(SEGMENTS_PREFIX);
-        if snapshot.manifest.segments.iter().any(|s| s.name == name) {
+        if manifest.segments.iter().any(|s| s.name == name) {
             continue;
         }
-        // A segment younger than `grace` may belong to a commit still in flight (or to a manifest
-        // newer than our snapshot): leave it.
-        let old_enough =
-            segment_created_ms(name).is_none_or(|t| now.saturating_sub(t) >= grace.as_millis());
-        if old_enough {
+        let expired = match manifest.retired.get(name) {
+            Some(&t) => age(t) >= policy.retired,
+            // An unparsable name is none of ours: only an old one is removed.
+            None => age(segment_created_ms(name).unwrap_or(0)) >= policy.orphans,
+        };
+        if expired {
             index.store().delete(&obj.key).await?;
             removed.push(name.to_string());
+        } else {
+            present.insert(name.to_string());
         }
+    }
+    // Forget retirements whose file is gone (deleted now, or earlier by another gc).
+    let forget: Vec<String> = manifest
+        .retired
+        .keys()
+        .filter(|n| !present.contains(*n))
+        .cloned()
+        .collect();
+    if !forget.is_empty() {
+        update_manifest(index.store().as_ref(), &manifest.model, |m| {
+            let before = m.retired.len();
+            m.retired.retain(|n, _| !forget.contains(n));
+            if m.retired.len() == before {
+                return Ok(false);
+            }
+            m.version += 1;
+            Ok(true)
+        })
+        .await?;
     }
     Ok(removed)
 }

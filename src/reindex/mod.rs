@@ -335,6 +335,7 @@ impl ReindexJob<'_> {
             &self.snapshot.manifest,
             self.new_model.clone(),
             self.built.iter().map(|b| b.segment.entry.clone()),
+            writer::now_ms(),
         );
         let etag = self
             .snapshot

@@ -398,7 +398,9 @@ fn a_segment_written_but_never_committed_is_invisible_and_collected() {
         assert_eq!(keys(&*env.snapshot().await), vec!["a/1.jpg", "a/3.jpg"]);
 
         // Garbage collection (no grace period here) removes exactly the orphan.
-        let removed = writer::gc(&index, Duration::ZERO).await.unwrap();
+        let removed = writer::gc(&index, writer::GcPolicy::uniform(Duration::ZERO))
+            .await
+            .unwrap();
         assert_eq!(removed.len(), 1, "{removed:?}");
         let left = env.index_store.list("segments/").await.unwrap();
         assert_eq!(left.len(), 2);

@@ -615,6 +615,7 @@ fn tmp_holds_only_listed_segments_and_a_new_segment_is_the_only_download() {
         writer::compact(&index, CompactionPolicy::All, BuildParams::default())
             .await
             .unwrap()
+            .done()
             .expect("a compaction");
         let r = send(&service, event("http-stats.json", &env.bucket)).await;
         assert_eq!(r.body["segments"], 1);
