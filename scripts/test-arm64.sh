@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The arm64 artifacts that SAM deploys, tested without arm64 hardware: build both functions with
+# The arm64 artifacts that SAM deploys, tested without arm64 hardware: build the functions with
 # `cargo lambda build --release --arm64`, run the end-to-end test (tests/e2e_lambda.rs) with
 # those bootstrap binaries under qemu user-mode emulation, and check that their query answers
 # match the x86-64 build's (same keys in the same order, scores within 1e-4).
@@ -27,7 +27,7 @@ if ! command -v qemu-aarch64-static >/dev/null || [ ! -d /usr/aarch64-linux-gnu 
     fi
 fi
 
-cargo lambda build --release --arm64 -p lookalike-ingest -p lookalike-query
+cargo lambda build --release --arm64 -p lookalike-ingest -p lookalike-query -p lookalike-compact
 file "$target/lambda/lookalike-query/bootstrap" | grep -q aarch64
 
 # The model and the x86-64 binaries (debug build, as the test suite uses).

@@ -1,9 +1,10 @@
-//! End to end without Docker: the two function binaries run as real Lambda processes under
+//! End to end without Docker: the three function binaries run as real Lambda processes under
 //! cargo-lambda's Runtime API emulator (`cargo lambda watch --only-lambda-apis`, from PyPI into
 //! `.venv`), against a moto S3, and are invoked with the `events/` files through
-//! `cargo lambda invoke`: upload → ingest event → the query events find the image.
+//! `cargo lambda invoke`: upload → ingest events → a scheduled compaction → the query events
+//! find the image.
 //!
-//! The binaries are `target/debug/lookalike-ingest` and `lookalike-query` (built by
+//! The binaries are `target/debug/lookalike-ingest`, `lookalike-query` and `lookalike-compact` (built by
 //! `cargo test --workspace`), or those in `$LOOKALIKE_E2E_BIN_DIR/<name>/bootstrap` (what
 //! `cargo lambda build` writes), run through `$LOOKALIKE_E2E_RUNNER` if set (e.g.
 //! `qemu-aarch64-static -L /usr/aarch64-linux-gnu` for the arm64 build). With
@@ -22,6 +23,7 @@ use testkit::moto::{unique_bucket, MotoServer};
 
 const INGEST: &str = "lookalike-ingest";
 const QUERY: &str = "lookalike-query";
+const COMPACT: &str = "lookalike-compact";
 
 fn required() -> bool {
     std::env::var("LOOKALIKE_REQUIRE_E2E").is_ok_and(|v| v == "1")
@@ -185,7 +187,9 @@ fn upload_ingest_event_then_query_events_find_the_image() {
     let Some(cl) = cargo_lambda() else {
         return skip("cargo-lambda is not in .venv");
     };
-    let (Some(ingest_bin), Some(query_bin)) = (binary(INGEST), binary(QUERY)) else {
+    let (Some(ingest_bin), Some(query_bin), Some(compact_bin)) =
+        (binary(INGEST), binary(QUERY), binary(COMPACT))
+    else {
         return skip("the function binaries are not built (cargo test --workspace builds them)");
     };
     let model = testkit::model_dir();
@@ -244,13 +248,23 @@ fn upload_ingest_event_then_query_events_find_the_image() {
         "LOOKALIKE_CACHE_DIR".into(),
         cache.path().join("ingest").display().to_string(),
     ));
-    let mut query_env = env;
+    let mut query_env = env.clone();
     query_env.push((
         "LOOKALIKE_CACHE_DIR".into(),
         cache.path().join("query").display().to_string(),
     ));
+    let mut compact_env = env;
+    compact_env.extend([
+        (
+            "LOOKALIKE_CACHE_DIR".to_string(),
+            cache.path().join("compact").display().to_string(),
+        ),
+        ("LOOKALIKE_COMPACT_FANOUT".into(), "2".into()),
+        ("LOOKALIKE_GC_GRACE_SECS".into(), "0".into()),
+    ]);
     emu.run_function(INGEST, &ingest_bin, &ingest_env);
     emu.run_function(QUERY, &query_bin, &query_env);
+    emu.run_function(COMPACT, &compact_bin, &compact_env);
 
     // Before anything is indexed: an empty index answers.
     let (status, stats) = emu.http(&event("http-stats.json", &bucket));
@@ -265,11 +279,23 @@ fn upload_ingest_event_then_query_events_find_the_image() {
     assert_eq!(r, json!({"batchItemFailures": []}));
     let r = emu.invoke(INGEST, &event("sqs-s3-test-event.json", &bucket));
     assert_eq!(r, json!({"batchItemFailures": []}));
+    let (_, stats) = emu.http(&event("http-stats.json", &bucket));
+    assert_eq!(stats["segments"], 2, "{stats}");
+
+    // The schedule's event: the two segments are merged into one, the replaced ones collected
+    // (no grace period here); a second run has nothing to do.
+    let r = emu.invoke(COMPACT, &event("schedule.json", &bucket));
+    assert_eq!(r["compactions"], 1, "{r}");
+    assert_eq!(r["segments_after"], 1, "{r}");
+    assert_eq!(r["removed"], 2, "{r}");
+    let r = emu.invoke(COMPACT, &event("schedule.json", &bucket));
+    assert_eq!(r["compactions"], 0, "{r}");
 
     // The query events find the images.
     let (status, stats) = emu.http(&event("http-stats.json", &bucket));
     assert_eq!(status, 200);
     assert_eq!(stats["items"], 3, "{stats}");
+    assert_eq!(stats["segments"], 1, "{stats}");
     let (status, by_image) = emu.http(&event("http-search-image.json", &bucket));
     assert_eq!(status, 200, "{by_image}");
     assert_eq!(keys(&by_image)[0], "catalog/cats/chelsea the cat.jpg");
@@ -310,13 +336,13 @@ fn upload_ingest_event_then_query_events_find_the_image() {
     assert!(!keys(&by_image).contains(&"catalog/cats/chelsea the cat.jpg".to_string()));
 }
 
-/// `events/env.json` (for `sam local invoke --env-vars`) names both functions of the template
+/// `events/env.json` (for `sam local invoke --env-vars`) names every function of the template
 /// and the variables they read.
 #[test]
 fn env_json_matches_the_template() {
     let env = event("env.json", "lookalike-images");
     let template = std::fs::read_to_string(testkit::repo_root().join("template.yaml")).unwrap();
-    for function in ["IngestFunction", "QueryFunction"] {
+    for function in ["IngestFunction", "QueryFunction", "CompactFunction"] {
         assert!(
             template.contains(&format!("\n  {function}:\n")),
             "{function} is not in template.yaml"
