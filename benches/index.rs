@@ -23,16 +23,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lookalike::index::segment::{ItemRecord, SearchParams};
-use lookalike::model::encoder::Encoder;
-use lookalike::model::ModelRef;
-use lookalike::preprocess::Limits;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use testkit::bench::{
-    build_index, dataset_images, dot, percentile, publish, record, repo_root, synth_between_with,
-    synth_noisy, DATASET, MODEL,
+    build_index, dataset_images, dot, embed, percentile, publish, record, repo_root,
+    synth_between_with, synth_noisy, Embeddings, DATASET, MODEL,
 };
 
 const QUERIES: usize = 200;
@@ -60,39 +57,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-/// One model's real embeddings of clothing-small.
-struct Embeddings {
-    label: &'static str,
-    model: ModelRef,
-    keys: Vec<String>,
-    vectors: Vec<Vec<f32>>,
-}
-
-fn embed(label: &'static str, model_dir: &Path) -> Embeddings {
-    let encoder = Encoder::load(model_dir).unwrap();
-    let images = dataset_images();
-    let t = Instant::now();
-    let vectors: Vec<Vec<f32>> = images
-        .par_iter()
-        .map(|(_, p)| {
-            encoder
-                .encode_image(&std::fs::read(p).unwrap(), &Limits::default())
-                .unwrap()
-        })
-        .collect();
-    println!(
-        "{label}: encoded {} images in {:.1} s",
-        vectors.len(),
-        t.elapsed().as_secs_f64()
-    );
-    Embeddings {
-        label,
-        model: encoder.model_ref(),
-        keys: images.into_iter().map(|(k, _)| k).collect(),
-        vectors,
-    }
 }
 
 /// The fine-tuned 256-d model, trained with `lookalike train`'s defaults when missing.

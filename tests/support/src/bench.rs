@@ -4,12 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use lookalike::index::segment::{BuildParams, ItemRecord};
 use lookalike::index::{writer, Index};
+use lookalike::model::encoder::Encoder;
 use lookalike::model::ModelRef;
+use lookalike::preprocess::Limits;
 use lookalike::store::{DynStore, LocalStore};
 use rand::rngs::StdRng;
 use rand::RngExt;
+use rayon::prelude::*;
 
 /// The labelled photos (read in place, never copied into the repository).
 pub const DATASET: &str = "../shared/datasets/clothing-small";
@@ -37,6 +42,44 @@ pub fn dataset_and_model() -> Option<(PathBuf, PathBuf)> {
             model.display()
         );
         None
+    }
+}
+
+/// One model's real embeddings of clothing-small.
+pub struct Embeddings {
+    /// The model's name in reports (`lite0`, `fine-tuned`).
+    pub label: &'static str,
+    /// The model.
+    pub model: ModelRef,
+    /// The photos' keys (category folder / file name).
+    pub keys: Vec<String>,
+    /// One unit vector per photo, in the order of `keys`.
+    pub vectors: Vec<Vec<f32>>,
+}
+
+/// Encode every photo of the dataset with the model in `model_dir` (on all cores).
+pub fn embed(label: &'static str, model_dir: &Path) -> Embeddings {
+    let encoder = Encoder::load(model_dir).unwrap();
+    let images = dataset_images();
+    let t = Instant::now();
+    let vectors: Vec<Vec<f32>> = images
+        .par_iter()
+        .map(|(_, p)| {
+            encoder
+                .encode_image(&std::fs::read(p).unwrap(), &Limits::default())
+                .unwrap()
+        })
+        .collect();
+    println!(
+        "{label}: encoded {} images in {:.1} s",
+        vectors.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Embeddings {
+        label,
+        model: encoder.model_ref(),
+        keys: images.into_iter().map(|(k, _)| k).collect(),
+        vectors,
     }
 }
 
@@ -216,4 +259,16 @@ pub fn update_section(name: &str, heading: &str, body: &str) {
         _ => format!("{}\n\n## {heading}\n\n{block}\n", text.trim_end()),
     };
     std::fs::write(path, new).unwrap();
+}
+
+/// Peak resident memory of this process so far (MiB), from /proc (0 where unavailable).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
