@@ -345,6 +345,8 @@ pub async fn compact(
     let Some((inputs, level)) = pick_inputs(&snapshot.manifest, policy) else {
         return Ok(Compacted::Nothing);
     };
+    // Every deletion with a lower sequence is in the snapshot, so applied to the output's items.
+    let applied = snapshot.manifest.next_sequence;
     let items = {
         let snap = snapshot.clone();
         let names = inputs.clone();
@@ -367,19 +369,17 @@ pub async fn compact(
         }
         let seq = listed.iter().map(|s| s.sequence).max().unwrap_or(0);
         m.retire(&inputs, now_ms());
-        // A deletion still matters if a segment it hides is left: one that was not merged and is
-        // older than it, or the output (which takes sequence `seq`) when the deletion is newer
-        // than every input, i.e. was committed while the merge was being built and so is not
-        // applied to the output's items.
+        // A deletion still matters if it hides items in a segment that was not merged (one
+        // older than it), or if it was committed after the snapshot the merge was built from
+        // (then it was not applied to the output's items, which it may hide).
         let oldest_other = m
             .segments
             .iter()
             .map(|s| s.sequence)
             .min()
             .unwrap_or(u64::MAX);
-        let output_seq = if output.is_some() { seq } else { u64::MAX };
-        let oldest_left = oldest_other.min(output_seq);
-        m.deleted.retain(|_, &mut d| d > oldest_left);
+        m.deleted
+            .retain(|_, &mut d| d > oldest_other || d >= applied);
         if let Some(o) = &output {
             let mut entry = o.entry.clone();
             entry.sequence = seq;
