@@ -16,6 +16,7 @@ use lookalike::store::{DynStore, LocalStore};
 use lookalike_compact::CompactFunction;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use testkit::bench::{record, unit};
 
 const DIMS: usize = 24;
 
@@ -27,23 +28,11 @@ fn model() -> ModelRef {
 }
 
 fn vector(rng: &mut StdRng) -> Vec<f32> {
-    let v: Vec<f32> = (0..DIMS).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
+    unit((0..DIMS).map(|_| rng.random_range(-1.0..1.0)).collect())
 }
 
 fn item(key: &str, v: Vec<f32>) -> (ItemRecord, Vec<f32>) {
-    (
-        ItemRecord {
-            key: key.into(),
-            source: "test".into(),
-            etag: "e".into(),
-            size: 1,
-            category: lookalike::catalog::category_of(key).into(),
-            metadata: serde_json::Map::new(),
-        },
-        v,
-    )
+    (record(key), v)
 }
 
 async fn stores() -> Vec<(&'static str, DynStore)> {
