@@ -156,6 +156,74 @@ async fn round_trip_search_delete_overwrite() {
     }
 }
 
+/// S3 allows keys of 1024 bytes; LMDB's own key limit is 511. Long keys (two of them sharing
+/// a 600-byte prefix, one with multi-byte characters) are indexed beside short ones, overwritten,
+/// deleted and compacted like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_up_to_the_s3_limit_are_indexed_overwritten_deleted_and_compacted() {
+    let prefix = format!("long/{}", "a".repeat(600));
+    let long_a = format!("{prefix}{}", "b".repeat(1024 - prefix.len()));
+    let long_b = format!("{prefix}{}", "é".repeat((1024 - prefix.len()) / 2));
+    assert_eq!(long_a.len(), 1024);
+    assert!(long_b.len() > 1000 && long_b.len() <= 1024);
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut items: Vec<_> = (0..10)
+            .map(|i| item(&format!("short/{i}.jpg"), "e1", random_vec(&mut rng)))
+            .collect();
+        let (va, vb) = (random_vec(&mut rng), random_vec(&mut rng));
+        items.push(item(&long_a, "e1", va.clone()));
+        items.push(item(&long_b, "e1", vb.clone()));
+        writer::append(&index, &model(), items, &[], BuildParams::default())
+            .await
+            .unwrap();
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.live_items(), 12, "{name}");
+        assert_eq!(snap.record(&long_a).unwrap().unwrap().key, long_a);
+        assert_eq!(snap.record(&long_b).unwrap().unwrap().category, "long");
+        assert!(snap.record(&format!("{prefix}c")).unwrap().is_none());
+        assert_eq!(
+            snap.search(&va, 1, None, None).unwrap()[0].record.key,
+            long_a
+        );
+        // Excluding a long key by name works like a short one.
+        assert!(snap
+            .search(&vb, 12, None, Some(&long_b))
+            .unwrap()
+            .iter()
+            .all(|h| h.record.key != long_b));
+
+        // Overwrite one in a new segment, delete the other: the older segment hides both.
+        let va2 = random_vec(&mut rng);
+        writer::append(
+            &index,
+            &model(),
+            vec![item(&long_a, "e2", va2.clone())],
+            std::slice::from_ref(&long_b),
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.live_items(), 11, "{name}");
+        assert_eq!(snap.record(&long_a).unwrap().unwrap().etag, "e2");
+        assert!(snap.record(&long_b).unwrap().is_none());
+        let hits = snap.search(&va, 11, None, None).unwrap();
+        assert_eq!(hits.iter().filter(|h| h.record.key == long_a).count(), 1);
+        assert!(hits.iter().all(|h| h.record.key != long_b));
+
+        writer::compact(&index, CompactionPolicy::All, BuildParams::default())
+            .await
+            .unwrap();
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.manifest.segments.len(), 1, "{name}");
+        assert_eq!(snap.live_items(), 11);
+        assert_eq!(snap.record(&long_a).unwrap().unwrap().etag, "e2");
+        assert!(snap.record(&long_b).unwrap().is_none());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_lose_nothing_and_duplicate_nothing() {
     for (name, store) in stores().await {

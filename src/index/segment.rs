@@ -6,7 +6,8 @@
 //! - `vectors`: arroy trees (index 0): format 2's sign-code trees of big segments, or format 1's
 //!   full-precision cosine index,
 //! - `items`:   local item id (u32, big-endian) → [`ItemRecord`] as JSON,
-//! - `keys`:    object key → local item id,
+//! - `keys`:    object key → local item id (a key longer than LMDB's key limit is stored as
+//!   [`lmdb_key`]'s digest form, and every lookup checks the record's own key),
 //! - `info`:    `format`, `model`, `dims`, `items` (and in format 2 `trees`) as strings.
 
 use std::collections::HashMap;
@@ -58,6 +59,27 @@ pub struct ItemRecord {
     /// User metadata (S3 `x-amz-meta-*` and CSV columns).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Longest object key the `keys` database stores as itself. LMDB refuses keys over 511 bytes;
+/// S3 allows 1024.
+const LMDB_KEY_MAX: usize = 511;
+/// Marks the digest form of a long key. A control character, so no ordinary key starts with it;
+/// a key that does still resolves correctly, since [`Segment::id_of`] checks the record.
+const LONG_KEY_MARK: char = '\u{1}';
+
+/// The `keys` database's key for an object key: the key itself, or for one too long for LMDB a
+/// mark and the key's SHA-256.
+fn lmdb_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.len() <= LMDB_KEY_MAX {
+        key.into()
+    } else {
+        format!(
+            "{LONG_KEY_MARK}{}",
+            crate::digest::sha256_hex(key.as_bytes())
+        )
+        .into()
+    }
 }
 
 type Items = Database<'static, U32<BE>, SerdeJson<ItemRecord>>;
@@ -158,7 +180,15 @@ fn write_segment_with(
         let id = u32::try_from(id)
             .map_err(|_| SegmentError::Invalid(shown.clone(), "too many items".into()))?;
         items_db.put(&mut wtxn, &id, record).map_err(lmdb)?;
-        keys_db.put(&mut wtxn, &record.key, &id).map_err(lmdb)?;
+        let stored = lmdb_key(&record.key);
+        if stored.len() != record.key.len() && keys_db.get(&wtxn, &stored).map_err(lmdb)?.is_some()
+        {
+            return Err(SegmentError::Invalid(
+                shown.clone(),
+                format!("two keys share the long-key form {stored:?}"),
+            ));
+        }
+        keys_db.put(&mut wtxn, &stored, &id).map_err(lmdb)?;
     }
     let with_trees = items.len() >= params.trees_from.max(1);
     let fields = [
@@ -347,17 +377,6 @@ impl Segment {
         SegmentError::Lmdb(self.shown.clone(), e)
     }
 
-    /// All (key, id) pairs, in key order.
-    pub fn keys(&self) -> Result<Vec<(String, u32)>, SegmentError> {
-        let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        let mut out = Vec::with_capacity(self.len as usize);
-        for entry in self.keys.iter(&rtxn).map_err(|e| self.lmdb(e))? {
-            let (k, id) = entry.map_err(|e| self.lmdb(e))?;
-            out.push((k.to_owned(), id));
-        }
-        Ok(out)
-    }
-
     /// Every record with its id (used for category bitmaps, compaction and stats).
     pub fn records(&self) -> Result<Vec<(u32, ItemRecord)>, SegmentError> {
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
@@ -370,8 +389,20 @@ impl Segment {
 
     /// The item id of `key`, if the segment holds it.
     pub fn id_of(&self, key: &str) -> Result<Option<u32>, SegmentError> {
+        if key.is_empty() {
+            // LMDB refuses zero-length keys; no item has one.
+            return Ok(None);
+        }
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
-        self.keys.get(&rtxn, key).map_err(|e| self.lmdb(e))
+        let stored = lmdb_key(key);
+        let Some(id) = self.keys.get(&rtxn, &stored).map_err(|e| self.lmdb(e))? else {
+            return Ok(None);
+        };
+        if stored.len() == key.len() {
+            return Ok(Some(id));
+        }
+        let record = self.items.get(&rtxn, &id).map_err(|e| self.lmdb(e))?;
+        Ok(record.filter(|r| r.key == key).map(|_| id))
     }
 
     /// The record of item `id`.

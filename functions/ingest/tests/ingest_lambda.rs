@@ -258,6 +258,46 @@ fn a_corrupt_image_is_rejected_for_good_and_not_a_batch_failure() {
     });
 }
 
+/// A key of S3's full 1024 bytes (over LMDB's 511-byte key limit), with spaces and multi-byte
+/// characters, is indexed beside its neighbours in one batch, and deleted again.
+#[test]
+fn a_key_of_1024_bytes_is_indexed_beside_its_neighbours() {
+    testkit::block_on(async {
+        let Some(env) = Env::new("long-key").await else {
+            return;
+        };
+        let head = "long/a folder é/";
+        let long = format!("{head}{}.jpg", "x".repeat(1024 - head.len() - 4));
+        assert_eq!(long.len(), 1024);
+        let keys_in = [long.as_str(), "short/0.jpg", "short/1.jpg"];
+        let mut bodies = Vec::new();
+        for (i, key) in keys_in.iter().enumerate() {
+            env.put(key, testkit::synthetic_jpeg(700 + i as u64)).await;
+            bodies.push(s3_event(vec![s3_record(true, &env.bucket, key)]));
+        }
+        let handled = env.function().handle(&sqs_batch(&env.bucket, bodies)).await;
+        assert_eq!(failures(&handled.response().unwrap()), Vec::<String>::new());
+        assert_eq!(handled.summary.indexed, 3, "{:?}", handled.summary);
+        let snap = env.snapshot().await;
+        assert_eq!(keys(&snap).len(), 3);
+        assert_eq!(snap.record(&long).unwrap().unwrap().category, "a folder é");
+
+        delete_object(&env.client, &env.bucket, &long).await;
+        let batch = sqs_batch(
+            &env.bucket,
+            vec![s3_event(vec![s3_record(false, &env.bucket, &long)])],
+        );
+        let handled = env.function().handle(&batch).await;
+        assert_eq!(failures(&handled.response().unwrap()), Vec::<String>::new());
+        assert_eq!(handled.summary.deleted, 1, "{:?}", handled.summary);
+        let snap = env.snapshot().await;
+        assert_eq!(
+            keys(&snap),
+            vec!["short/0.jpg".to_string(), "short/1.jpg".to_string()]
+        );
+    });
+}
+
 #[test]
 fn with_the_store_unreachable_every_message_is_a_failure() {
     testkit::block_on(async {
