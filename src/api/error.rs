@@ -23,6 +23,8 @@ pub struct ApiError {
     pub message: String,
     /// `Retry-After` seconds (503 only).
     pub retry_after: Option<u64>,
+    /// What caused it, for the log only: paths and backend errors never reach the client.
+    pub detail: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -39,7 +41,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            detail: None,
         }
+    }
+
+    /// The same error with `detail` for the log (never sent).
+    pub fn with_detail(mut self, detail: impl ToString) -> Self {
+        self.detail = Some(detail.to_string());
+        self
     }
 
     /// A 400 with `code`.
@@ -107,10 +116,11 @@ impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
         match e {
             IndexError::Store(_) | IndexError::Corrupt(..) | IndexError::Contention(_) => {
-                Self::unavailable(format!("the index cannot be read now: {e}"))
+                Self::unavailable("the index cannot be read now; retry shortly").with_detail(e)
             }
+            // Names the two models, nothing else: what an operator needs to see the fix.
             IndexError::ModelMismatch { .. } => Self::new(500, "model_mismatch", e.to_string()),
-            _ => Self::internal(e.to_string()),
+            _ => Self::internal("the index failed to answer").with_detail(e),
         }
     }
 }
@@ -122,7 +132,7 @@ impl From<QueryError> for ApiError {
             QueryError::UnknownKey(_) => Self::new(404, "unknown_key", e.to_string()),
             QueryError::Image(EncodeError::Image(img)) => img.into(),
             QueryError::Image(EncodeError::Model(m)) => {
-                Self::internal(format!("the encoder failed: {m}"))
+                Self::internal("the encoder failed").with_detail(m)
             }
             QueryError::Index(i) => i.into(),
         }

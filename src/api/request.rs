@@ -64,6 +64,32 @@ pub const IMAGE_TYPES: &[&str] = &[
     "application/octet-stream",
 ];
 
+/// Longest object key S3 allows, in bytes; a longer one cannot name an indexed item.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// A key a search may name: not empty, at most [`MAX_KEY_BYTES`], no NUL.
+fn check_key(key: String) -> Result<String, ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("bad_key", "the key is empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(
+            "bad_key",
+            format!(
+                "the key is {} bytes; object keys are at most {MAX_KEY_BYTES}",
+                key.len()
+            ),
+        ));
+    }
+    if key.contains('\0') {
+        return Err(ApiError::bad_request(
+            "bad_key",
+            "the key contains a NUL character",
+        ));
+    }
+    Ok(key)
+}
+
 /// The JSON body of `POST /search`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +173,7 @@ impl ApiRequest {
                             ApiError::bad_request("bad_key", "the key is not valid UTF-8")
                         })?
                         .into_owned();
+                    let key = check_key(key)?;
                     Ok(Route::Search(SearchInput::Key(key), self.params()?))
                 }
                 _ => Err(ApiError::not_found(format!(
@@ -202,7 +229,7 @@ impl ApiRequest {
                 params.category = Some(c);
             }
             let input = match (body.key, body.image_base64) {
-                (Some(key), None) => SearchInput::Key(key),
+                (Some(key), None) => SearchInput::Key(check_key(key)?),
                 (None, Some(b64)) => {
                     let bytes = decode_base64(&b64)?;
                     check_size(bytes.len(), max_image_bytes)?;
@@ -421,6 +448,27 @@ mod tests {
             refusal(&get("/items/%FF.jpg/similar", "")),
             (400, "bad_key")
         );
+        assert_eq!(refusal(&get("/items/a%00b/similar", "")), (400, "bad_key"));
+        let long = "a".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(
+            refusal(&get(&format!("/items/{long}/similar"), "")),
+            (400, "bad_key")
+        );
+        assert_eq!(
+            key(&format!("/items/{}/similar", &long[1..])),
+            &long[1..],
+            "a key of exactly {MAX_KEY_BYTES} bytes is fine"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_oversized_key_in_a_json_body_is_a_bad_key() {
+        for key in [String::new(), "x".repeat(MAX_KEY_BYTES + 1), "a\0b".into()] {
+            let e = json("", serde_json::json!({ "key": key }))
+                .route(MAX)
+                .unwrap_err();
+            assert_eq!((e.status, e.code), (400, "bad_key"), "{key:?}");
+        }
     }
 
     #[test]

@@ -239,7 +239,13 @@ impl QueryService {
         };
         let response = answer.unwrap_or_else(|e| {
             if e.status >= 500 {
-                tracing::error!(status = e.status, code = e.code, message = %e.message, "request failed");
+                tracing::error!(
+                    status = e.status,
+                    code = e.code,
+                    message = %e.message,
+                    detail = e.detail.as_deref().unwrap_or(""),
+                    "request failed"
+                );
             }
             e.to_response()
         });
@@ -293,7 +299,7 @@ impl QueryService {
             }
         })
         .await
-        .map_err(|e| ApiError::internal(format!("the search task failed: {e}")))??;
+        .map_err(|e| ApiError::internal("the search task failed").with_detail(e))??;
         let t = Instant::now();
         let mut results = Vec::with_capacity(found.results.len());
         for r in found.results {

@@ -396,6 +396,14 @@ fn every_bad_request_gets_its_json_error() {
         let body = json!({"key": "no/such.jpg"}).to_string();
         let r = send(&service, json_search(&body)).await;
         assert_error(&r, 404, "unknown_key");
+        // An empty, oversized or NUL key is a bad request, and the answer names no path.
+        for key in [String::new(), "k".repeat(1025), "a\0b".into()] {
+            let r = send(&service, json_search(&json!({ "key": key }).to_string())).await;
+            assert_error(&r, 400, "bad_key");
+            assert!(!r.body.to_string().contains("/tmp"), "{}", r.body);
+        }
+        let r = send(&service, http("GET", "/items/%00/similar", "", None, None)).await;
+        assert_error(&r, 400, "bad_key");
         assert_error(
             &send(&service, http("GET", "/nope", "", None, None)).await,
             404,
@@ -497,6 +505,12 @@ fn no_index_yet_is_empty_and_an_unreachable_store_is_503() {
             let r = send(&unreachable, ev).await;
             assert_error(&r, 503, "index_unavailable");
             assert_eq!(r.response.headers.get("retry-after").unwrap(), "5");
+            // The backend's error (addresses, SDK text) goes to the log, not to the client.
+            assert_eq!(
+                r.body["message"], "the index cannot be read now; retry shortly",
+                "{}",
+                r.body
+            );
         }
         // Bad requests are still told apart from an outage.
         let r = send(&unreachable, event("http-bad-request.json", &env.bucket)).await;
