@@ -16,7 +16,7 @@ use lookalike::model::ModelRef;
 use lookalike::store::{DynStore, LocalStore};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use testkit::faults::{Fault, FaultyStore, HoldSegmentUpload};
+use testkit::faults::{Fault, FaultyStore, HoldSegmentUpload, LoseManifestAnswer, LostAnswer};
 
 const DIMS: usize = 16;
 
@@ -451,6 +451,91 @@ async fn changes_committed_during_a_compaction_survive_it() {
 
 /// Segments replaced by a compaction stay downloadable for the grace period (a reader of the
 /// previous manifest may still fetch them), then gc removes them and forgets them.
+/// A manifest write that lands but whose answer is lost (the SDK's retry then sees 412, or the
+/// call fails) is recognised by its commit id: an append is listed once with its deletions at
+/// one sequence, and a compaction reports itself done rather than raced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_whose_answer_was_lost_is_applied_once() {
+    for (name, store) in stores().await {
+        for answer in [LostAnswer::PreconditionFailed, LostAnswer::Backend] {
+            let lose = Arc::new(LoseManifestAnswer::new(answer));
+            let faulty: DynStore = Arc::new(FaultyStore {
+                inner: store.clone(),
+                fault: lose.clone(),
+            });
+            let cache = tempfile::tempdir().unwrap();
+            let index = Index::open(faulty, cache.path(), Some(model()))
+                .await
+                .unwrap();
+            let mut rng = StdRng::seed_from_u64(5);
+            let before = index.refresh().await.unwrap().manifest.clone();
+            let batch = |b: usize, rng: &mut StdRng| -> Vec<_> {
+                (0..4)
+                    .map(|i| item(&format!("c/{b}-{i}.jpg"), "e1", random_vec(rng)))
+                    .collect()
+            };
+            for b in 0..2 {
+                writer::append(
+                    &index,
+                    &model(),
+                    batch(b, &mut rng),
+                    &[],
+                    BuildParams::default(),
+                )
+                .await
+                .unwrap();
+            }
+            lose.arm();
+            let c = writer::append(
+                &index,
+                &model(),
+                batch(2, &mut rng),
+                &["c/0-0.jpg".to_string()],
+                BuildParams::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name} {answer:?}: {e}"))
+            .unwrap();
+            assert!(lose.fired(), "{name}: the fault did not fire");
+            let m = index.refresh().await.unwrap().manifest.clone();
+            assert_eq!(
+                m.version,
+                before.version + 3,
+                "{name} {answer:?}: one version per commit"
+            );
+            let seg = c.segment.unwrap();
+            assert_eq!(
+                m.segments.iter().filter(|s| s.name == seg.name).count(),
+                1,
+                "{name} {answer:?}: the segment is listed once"
+            );
+            assert_eq!(
+                m.deleted.get("c/0-0.jpg"),
+                Some(&seg.sequence),
+                "{name} {answer:?}"
+            );
+            assert_eq!(
+                m.next_sequence,
+                seg.sequence + 1,
+                "{name} {answer:?}: no second sequence"
+            );
+
+            lose.arm();
+            let done = writer::compact(&index, CompactionPolicy::All, BuildParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("{name} {answer:?}: {e}"));
+            assert!(lose.fired());
+            let done = done
+                .done()
+                .unwrap_or_else(|| panic!("{name} {answer:?}: reported as raced"));
+            let m = index.refresh().await.unwrap().manifest.clone();
+            assert_eq!(m.segments.len(), 1, "{name} {answer:?}");
+            assert_eq!(m.segments[0].name, done.output.unwrap().name);
+            assert_eq!(index.snapshot().live_items(), 11, "{name} {answer:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retired_segments_outlive_their_manifest_by_the_grace_period() {
     for (name, store) in stores().await {

@@ -19,6 +19,8 @@ pub const MANIFEST_KEY: &str = "manifest.json";
 pub const SEGMENTS_PREFIX: &str = "segments/";
 /// The only distance this build supports.
 pub const DISTANCE: &str = "cosine";
+/// How many of the latest commits' ids a manifest keeps (see [`Manifest::commits`]).
+pub const RECENT_COMMITS: usize = 64;
 
 /// The contents of `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +45,11 @@ pub struct Manifest {
     /// them, so `gc` deletes one only a grace period after it was retired.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retired: BTreeMap<String, u64>,
+    /// Ids of the latest commits, oldest first (at most [`RECENT_COMMITS`]). A writer whose
+    /// compare-and-swap succeeded but whose response was lost finds its id here on the retry
+    /// and stops, rather than applying its change a second time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits: Vec<String>,
 }
 
 /// One segment of a snapshot.
@@ -103,7 +110,20 @@ impl Manifest {
             deleted: BTreeMap::new(),
             next_sequence: 1,
             retired: BTreeMap::new(),
+            commits: Vec::new(),
         }
+    }
+
+    /// Record that this manifest is written by commit `id`.
+    pub fn record_commit(&mut self, id: &str) {
+        self.commits.push(id.to_string());
+        let excess = self.commits.len().saturating_sub(RECENT_COMMITS);
+        self.commits.drain(..excess);
+    }
+
+    /// Whether commit `id` is among the latest [`RECENT_COMMITS`] commits of this manifest.
+    pub fn has_commit(&self, id: &str) -> bool {
+        self.commits.iter().any(|c| c == id)
     }
 
     /// The manifest that replaces `old` with a rebuilt index (a reindex): `model`, only
@@ -118,6 +138,7 @@ impl Manifest {
         let mut manifest = Manifest::new(model);
         manifest.next_sequence = old.next_sequence;
         manifest.retired = old.retired.clone();
+        manifest.commits = old.commits.clone();
         for s in &old.segments {
             manifest.retired.insert(s.name.clone(), now_ms);
         }
@@ -240,6 +261,20 @@ pub fn is_segment_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_commit_ids_are_kept_and_round_trip() {
+        let mut m = sample();
+        assert!(!String::from_utf8(m.to_bytes()).unwrap().contains("commits"));
+        for i in 0..RECENT_COMMITS + 5 {
+            m.record_commit(&format!("c{i}"));
+        }
+        assert_eq!(m.commits.len(), RECENT_COMMITS);
+        assert!(!m.has_commit("c4"), "the oldest ones are dropped");
+        assert!(m.has_commit("c5") && m.has_commit(&format!("c{}", RECENT_COMMITS + 4)));
+        let back = Manifest::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!(back, m);
+    }
 
     fn sample() -> Manifest {
         let mut m = Manifest::new(ModelRef {

@@ -56,6 +56,10 @@ fn segment_created_ms(name: &str) -> Option<u64> {
 
 /// Read the manifest, apply `change`, and write it back only if nobody else wrote in between.
 /// `change` returns `Ok(false)` to commit nothing. Returns the manifest as committed (or as read).
+///
+/// Every call is one commit with its own id, recorded in the manifest it writes. When a write's
+/// answer is lost (the SDK's retry then meets 412, or the call fails outright), the next read
+/// finds the id if the write landed: the commit is done, and `change` is not applied again.
 pub async fn update_manifest<F>(
     store: &dyn ObjectStore,
     model: &ModelRef,
@@ -64,29 +68,52 @@ pub async fn update_manifest<F>(
 where
     F: FnMut(&mut Manifest) -> Result<bool, IndexError>,
 {
+    let id = format!("{:016x}", rand::rng().random::<u64>());
     for attempt in 1..=MAX_COMMIT_ATTEMPTS {
-        let (mut manifest, etag) = match get_object(store, MANIFEST_KEY).await {
-            Ok(o) => (Manifest::from_bytes(&o.bytes)?, Some(o.meta.etag)),
-            Err(StoreError::NotFound(_)) => (Manifest::new(model.clone()), None),
-            Err(e) => return Err(e.into()),
-        };
-        if &manifest.model != model {
-            return Err(IndexError::ModelMismatch {
-                index: manifest.model.id.clone(),
-                index_dims: manifest.model.dims,
-                model: model.id.clone(),
-                model_dims: model.dims,
-            });
+        let (mut manifest, etag) = read_manifest(store, model).await?;
+        if manifest.has_commit(&id) {
+            tracing::info!(commit = %id, attempt, "an earlier attempt of this commit landed");
+            return Ok((manifest, true, attempt));
         }
         if !change(&mut manifest)? {
             return Ok((manifest, false, attempt));
         }
-        if put_manifest(store, manifest.to_bytes().into(), etag.as_deref()).await? {
-            return Ok((manifest, true, attempt));
+        manifest.record_commit(&id);
+        match put_manifest(store, manifest.to_bytes().into(), etag.as_deref()).await {
+            Ok(true) => return Ok((manifest, true, attempt)),
+            Ok(false) => backoff(attempt).await,
+            // The write may have landed before the error: look once, then give up.
+            Err(e) => {
+                return match read_manifest(store, model).await {
+                    Ok((now, _)) if now.has_commit(&id) => Ok((now, true, attempt)),
+                    _ => Err(e),
+                };
+            }
         }
-        backoff(attempt).await;
     }
     Err(IndexError::Contention(MAX_COMMIT_ATTEMPTS))
+}
+
+/// The stored manifest and its ETag (a new one for `model` and no ETag when there is none yet);
+/// an error if it holds another model.
+async fn read_manifest(
+    store: &dyn ObjectStore,
+    model: &ModelRef,
+) -> Result<(Manifest, Option<String>), IndexError> {
+    let (manifest, etag) = match get_object(store, MANIFEST_KEY).await {
+        Ok(o) => (Manifest::from_bytes(&o.bytes)?, Some(o.meta.etag)),
+        Err(StoreError::NotFound(_)) => (Manifest::new(model.clone()), None),
+        Err(e) => return Err(e.into()),
+    };
+    if &manifest.model != model {
+        return Err(IndexError::ModelMismatch {
+            index: manifest.model.id.clone(),
+            index_dims: manifest.model.dims,
+            model: model.id.clone(),
+            model_dims: model.dims,
+        });
+    }
+    Ok((manifest, etag))
 }
 
 /// Replace the manifest whose ETag is `etag` with `manifest`, in one compare-and-swap, whatever

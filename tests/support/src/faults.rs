@@ -18,6 +18,15 @@ pub trait Fault: Send + Sync + std::fmt::Debug {
     }
     /// After `key` was downloaded to `dest`: may damage the file.
     fn after_download(&self, _key: &str, _dest: &Path) {}
+    /// After a conditional put (if-absent or if-match) of `key` answered `written`: may replace
+    /// the answer the caller sees (a lost response).
+    fn after_conditional_put(
+        &self,
+        _key: &str,
+        written: StoreResult<String>,
+    ) -> StoreResult<String> {
+        written
+    }
 }
 
 #[async_trait]
@@ -30,6 +39,13 @@ impl<F: Fault> Fault for std::sync::Arc<F> {
     }
     fn after_download(&self, key: &str, dest: &Path) {
         (**self).after_download(key, dest)
+    }
+    fn after_conditional_put(
+        &self,
+        key: &str,
+        written: StoreResult<String>,
+    ) -> StoreResult<String> {
+        (**self).after_conditional_put(key, written)
     }
 }
 
@@ -56,10 +72,12 @@ impl<F: Fault> ObjectStore for FaultyStore<F> {
     }
     async fn put_if_absent(&self, key: &str, body: Bytes) -> StoreResult<String> {
         self.fault.before_put_if_absent(key).await;
-        self.inner.put_if_absent(key, body).await
+        let written = self.inner.put_if_absent(key, body).await;
+        self.fault.after_conditional_put(key, written)
     }
     async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> StoreResult<String> {
-        self.inner.put_if_match(key, body, etag).await
+        let written = self.inner.put_if_match(key, body, etag).await;
+        self.fault.after_conditional_put(key, written)
     }
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
         self.inner.head(key).await
@@ -110,5 +128,63 @@ impl Fault for HoldSegmentUpload {
             self.reached.notify_one();
             self.release.notified().await;
         }
+    }
+}
+
+/// How a [`LoseManifestAnswer`] reports a manifest write that landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostAnswer {
+    /// 412, as the SDK's own retry of the landed write sees it.
+    PreconditionFailed,
+    /// A network error after the write landed.
+    Backend,
+}
+
+/// Once armed, the next manifest write lands but its caller is told it did not.
+#[derive(Debug)]
+pub struct LoseManifestAnswer {
+    armed: std::sync::atomic::AtomicBool,
+    answer: LostAnswer,
+}
+
+impl LoseManifestAnswer {
+    /// A fault that answers `answer` to the next landed manifest write once armed.
+    pub fn new(answer: LostAnswer) -> Self {
+        LoseManifestAnswer {
+            armed: false.into(),
+            answer,
+        }
+    }
+    /// Lose the answer of the next manifest write that lands.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Whether an answer was lost since the last [`Self::arm`].
+    pub fn fired(&self) -> bool {
+        !self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Fault for LoseManifestAnswer {
+    fn after_conditional_put(
+        &self,
+        key: &str,
+        written: StoreResult<String>,
+    ) -> StoreResult<String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if key != lookalike::index::manifest::MANIFEST_KEY
+            || written.is_err()
+            || !self.armed.swap(false, SeqCst)
+        {
+            return written;
+        }
+        Err(match self.answer {
+            LostAnswer::PreconditionFailed => {
+                lookalike::store::StoreError::PreconditionFailed(key.into())
+            }
+            LostAnswer::Backend => {
+                lookalike::store::StoreError::Backend("connection reset (injected)".into())
+            }
+        })
     }
 }
