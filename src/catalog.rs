@@ -96,6 +96,20 @@ impl MetadataTable {
         Ok(MetadataTable { rows })
     }
 
+    /// The same table with `prefix` put before every key: a CSV whose keys are relative to
+    /// `s3://bucket/prefix` serves items whose keys are bucket-relative.
+    pub fn under(self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
+        let rows = self
+            .rows
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect();
+        MetadataTable { rows }
+    }
+
     /// The metadata of `key`.
     pub fn get(&self, key: &str) -> Option<&Map<String, Value>> {
         self.rows.get(key)

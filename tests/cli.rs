@@ -1,8 +1,16 @@
 //! The `lookalike` command as a user runs it: index a folder, query, stats, delete, compact, and
 //! the errors a user sees. Needs the imported model (scripts/test.sh imports it).
 
+use std::sync::Arc;
+
+use lookalike::index::segment::BuildParams;
+use lookalike::index::Index;
+use lookalike::ingest::{Ingester, Outcome};
+use lookalike::preprocess::Limits;
+use lookalike::store::{ObjectStore, S3Store};
 use testkit::cli::{failed, ok};
 use testkit::lookalike;
+use testkit::moto::{unique_bucket, MotoServer};
 
 #[test]
 fn index_query_stats_delete_compact() {
@@ -124,4 +132,85 @@ fn clear_errors() {
         let e = failed(lookalike!(dir.path(), &["query", "q.jpg"]));
         assert!(e.contains("cannot use the query image"), "{e}");
     }
+}
+
+/// `lookalike index s3://bucket/catalog` keys every item by its bucket-relative key, as the
+/// ingest function does (a CSV's keys stay relative to the prefix): the same objects ingested
+/// the function's way afterwards are all duplicates, so a backfill makes no second copy.
+#[test]
+fn an_s3_prefix_is_keyed_as_the_ingest_function_keys_it() {
+    let Some(encoder) = testkit::encoder() else {
+        return;
+    };
+    let Some(moto) = MotoServer::shared() else {
+        return;
+    };
+    let bucket = unique_bucket("cli-keys");
+    let client = moto.client();
+    testkit::block_on(async {
+        moto.create_bucket(&bucket).await;
+        for (key, name) in [
+            ("catalog/cats/chelsea.jpg", "chelsea.jpg"),
+            ("catalog/drinks/coffee.jpg", "coffee.jpg"),
+            ("elsewhere/rocket.jpg", "rocket.jpg"),
+        ] {
+            let bytes = std::fs::read(testkit::fixture(name)).unwrap();
+            testkit::lambda::put_object(&client, &bucket, key, bytes, &[]).await;
+        }
+    });
+    let dir = testkit::tempdir();
+    std::fs::write(
+        dir.path().join("meta.csv"),
+        "key,title\ncats/chelsea.jpg,Chelsea\n",
+    )
+    .unwrap();
+    let env: Vec<(&str, String)> = moto.env_vars();
+    let out = ok(lookalike!(
+        dir.path(),
+        &[
+            "index",
+            &format!("s3://{bucket}/catalog"),
+            "--index",
+            &format!("s3://{bucket}/index"),
+            "--metadata",
+            "meta.csv",
+        ],
+        &env,
+    ));
+    assert!(out.contains("indexed 2 images"), "{out}");
+
+    testkit::block_on(async {
+        let cache = testkit::tempdir();
+        let index_store = Arc::new(S3Store::new(client.clone(), bucket.clone(), "index"));
+        let index = Arc::new(Index::open(index_store, cache.path(), None).await.unwrap());
+        let snap = index.snapshot();
+        let chelsea = snap
+            .record("catalog/cats/chelsea.jpg")
+            .unwrap()
+            .expect("bucket-relative key");
+        assert_eq!(chelsea.source, format!("s3://{bucket}"));
+        assert_eq!(chelsea.category, "cats");
+        assert_eq!(chelsea.metadata["title"], "Chelsea");
+        assert!(snap.record("cats/chelsea.jpg").unwrap().is_none());
+        assert_eq!(snap.live_items(), 2);
+
+        // The ingest function's view: a store at the bucket root, keys as S3 events carry them.
+        let source = Arc::new(S3Store::new(client.clone(), bucket.clone(), ""));
+        let objects = source.list("catalog/").await.unwrap();
+        let ingester = Ingester {
+            index: index.clone(),
+            encoder,
+            source,
+            limits: Limits::default(),
+            metadata: None,
+            build: BuildParams::default(),
+        };
+        let report = ingester.ingest(objects, Vec::new(), None).await.unwrap();
+        assert_eq!(
+            report.count(|o| matches!(o, Outcome::Duplicate)),
+            2,
+            "{report:?}"
+        );
+        assert_eq!(index.refresh().await.unwrap().live_items(), 2);
+    });
 }

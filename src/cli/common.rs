@@ -82,10 +82,17 @@ impl ModelLocation {
 /// Opens the images at `location` (a folder or `s3://bucket/prefix`); a path that is not a
 /// folder is an error naming it, after `flag` (`"--source "`, or `""` for a positional argument).
 pub async fn open_source(location: &str, flag: &str) -> anyhow::Result<lookalike::store::DynStore> {
+    check_source(location, flag)?;
+    Ok(lookalike::store::open(location).await?)
+}
+
+/// Refuses a source that is neither an existing folder nor an S3 location (`flag` names the
+/// option in the message).
+pub fn check_source(location: &str, flag: &str) -> anyhow::Result<()> {
     if !location.starts_with("s3://") && !std::path::Path::new(location).is_dir() {
         anyhow::bail!("{flag}{location} is not a folder (or an s3://bucket/prefix)");
     }
-    Ok(lookalike::store::open(location).await?)
+    Ok(())
 }
 
 /// A progress bar over `len` images, headed `what` (`"indexing"`).

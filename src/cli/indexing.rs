@@ -10,12 +10,15 @@ use lookalike::catalog::{is_image_name, MetadataTable, IMAGE_EXTENSIONS};
 use lookalike::index::segment::BuildParams;
 use lookalike::ingest::{Ingester, Outcome};
 use lookalike::preprocess::Limits;
+use lookalike::store::{open_images, ImageSource};
 
-use super::common::{image_bar, open_source, IndexLocation, ModelLocation};
+use super::common::{check_source, image_bar, IndexLocation, ModelLocation};
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
     /// Folder or s3://bucket/prefix holding the images (category = each image's parent folder).
+    /// Items of an S3 prefix are keyed by their bucket-relative key, as the ingest function
+    /// keys them (`s3://b/catalog` → `catalog/shoes/1.jpg`).
     pub source: String,
     #[command(flatten)]
     pub location: IndexLocation,
@@ -38,14 +41,18 @@ pub struct IndexArgs {
 
 pub async fn run(args: IndexArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let source = open_source(&args.source, "").await?;
+    check_source(&args.source, "")?;
+    let ImageSource {
+        store: source,
+        prefix,
+    } = open_images(&args.source).await?;
     let encoder = Arc::new(args.model.load()?);
     let index = Arc::new(args.location.open(Some(&encoder)).await?);
     let metadata = match &args.metadata {
-        Some(p) => Some(Arc::new(MetadataTable::load(p)?)),
+        Some(p) => Some(Arc::new(MetadataTable::load(p)?.under(&prefix))),
         None => None,
     };
-    let listed = source.list("").await?;
+    let listed = source.list(&prefix).await?;
     let total_files = listed.len();
     let objects: Vec<_> = listed
         .into_iter()

@@ -129,6 +129,36 @@ pub fn parse_s3_location(location: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// Where a batch of images is read from: the store that names each object as the ingest
+/// function does, and the prefix to list under it.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    /// For S3 the whole bucket, so that keys are bucket-relative (`catalog/shoes/1.jpg`), as
+    /// S3 event notifications carry them; for a local folder the folder itself.
+    pub store: DynStore,
+    /// `catalog/` for `s3://bucket/catalog`; empty for a bucket or a folder.
+    pub prefix: String,
+}
+
+/// Open the images at `s3://bucket/prefix` (or a local folder) so that every object gets the
+/// key the ingest function gives it: indexing a prefix by hand and by S3 notifications makes
+/// one item per object, never two.
+pub async fn open_images(location: &str) -> StoreResult<ImageSource> {
+    match parse_s3_location(location) {
+        Some((bucket, prefix)) => Ok(ImageSource {
+            store: open(&format!("s3://{bucket}")).await?,
+            prefix: match prefix {
+                "" => String::new(),
+                p => format!("{p}/"),
+            },
+        }),
+        None => Ok(ImageSource {
+            store: open(location).await?,
+            prefix: String::new(),
+        }),
+    }
+}
+
 /// Open a store from `s3://bucket/prefix` or a local directory path (created if missing;
 /// a `file://` prefix is accepted and stripped).
 pub async fn open(location: &str) -> StoreResult<DynStore> {
