@@ -447,3 +447,27 @@ fn a_segment_written_but_never_committed_is_invisible_and_collected() {
         assert_eq!(keys(&*env.snapshot().await), vec!["a/1.jpg", "a/3.jpg"]);
     });
 }
+
+/// The binary refuses to start when its index lies inside the prefix the notifications watch
+/// (every upload would be ignored as the index's own file), naming both.
+#[test]
+fn an_index_inside_the_watched_prefix_is_refused_at_start_up() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lookalike-ingest"))
+        .env_clear()
+        .env("LOOKALIKE_INDEX", "s3://bucket/images/index")
+        .env("LOOKALIKE_IMAGES_PREFIX", "images/")
+        .env("LOOKALIKE_MODEL", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("LOOKALIKE_IMAGES_PREFIX") && log.contains("overlaps"),
+        "{log}"
+    );
+    assert!(log.contains("s3://bucket/images/index"), "{log}");
+}
