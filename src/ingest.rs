@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::catalog::{category_of, MetadataTable};
 use crate::index::segment::BuildParams;
-use crate::index::writer::{self, Commit};
+use crate::index::writer::{self, Commit, Deletion};
 use crate::index::{Index, IndexError, ItemRecord};
 use crate::model::encoder::Encoder;
 use crate::model::ModelRef;
@@ -172,14 +172,34 @@ impl Ingester {
         self.encoder.model_ref()
     }
 
-    /// Ingest `objects` and delete `deleted` keys in one commit. `progress` is called once per
-    /// object processed (from worker threads).
+    /// Ingest `objects` and delete `deleted` keys in one commit, in commit order (what the CLI
+    /// does: no sequencers). `progress` is called once per object processed (from worker
+    /// threads).
     pub async fn ingest(
         &self,
         objects: Vec<ObjectMeta>,
         deleted: Vec<String>,
         progress: Option<Progress>,
     ) -> Result<IngestReport, IndexError> {
+        let uploads = objects.into_iter().map(|o| (o, None)).collect();
+        let deletions = deleted.into_iter().map(Deletion::by_commit).collect();
+        self.ingest_changes(uploads, deletions, progress).await
+    }
+
+    /// [`Ingester::ingest`] for changes reported by S3 notifications: each upload and deletion
+    /// with its notification's sequencer (if it had one), so that a change that commits after a
+    /// later change of the same key does not undo it ([`writer::append_changes`]).
+    pub async fn ingest_changes(
+        &self,
+        uploads: Vec<(ObjectMeta, Option<String>)>,
+        deleted: Vec<Deletion>,
+        progress: Option<Progress>,
+    ) -> Result<IngestReport, IndexError> {
+        let sequencers: HashMap<String, Option<String>> = uploads
+            .iter()
+            .map(|(o, s)| (o.key.clone(), s.clone()))
+            .collect();
+        let objects: Vec<ObjectMeta> = uploads.into_iter().map(|(o, _)| o).collect();
         let snapshot = self.index.refresh().await?;
         let mut times = StageTimes::default();
         let mut outcomes: Vec<ItemOutcome> = Vec::with_capacity(objects.len() + deleted.len());
@@ -277,9 +297,14 @@ impl Ingester {
                             etag: meta.etag.clone(),
                             outcome: Outcome::Indexed,
                         });
-                        items.push((self.record(meta), vector));
+                        let sequencer = sequencers.get(&meta.key).cloned().flatten();
+                        items.push((self.record(meta, sequencer), vector));
                     }
-                    Err(Outcome::Deleted) => vanished.push(meta.key),
+                    // Deleted after its notification: the deletion is at least that late.
+                    Err(Outcome::Deleted) => vanished.push(Deletion {
+                        sequencer: sequencers.get(&meta.key).cloned().flatten(),
+                        key: meta.key,
+                    }),
                     Err(outcome) => {
                         tracing::warn!(key = %meta.key, etag = %meta.etag, ?outcome, "not indexed");
                         outcomes.push(ItemOutcome {
@@ -291,18 +316,20 @@ impl Ingester {
                 }
             }
         }
-        let deleted: Vec<String> = deleted
+        let deleted: Vec<Deletion> = deleted
             .into_iter()
-            .filter(|k| !latest.contains_key(k.as_str()))
+            .filter(|d| !latest.contains_key(d.key.as_str()))
             .chain(vanished)
             .collect();
         let deleted = self.check_deletions(deleted, &mut outcomes).await;
 
         let commit =
-            writer::append(&self.index, &self.model_ref(), items, &deleted, self.build).await?;
+            writer::append_changes(&self.index, &self.model_ref(), items, &deleted, self.build)
+                .await?;
         if let Some(c) = &commit {
             times.segment_write = c.segment_write;
             times.manifest_commit = c.manifest_commit;
+            mark_superseded(&mut outcomes, c);
             self.index.refresh().await?;
         }
         self.record_rejections(&outcomes).await;
@@ -345,22 +372,23 @@ impl Ingester {
     /// was uploaded again, and the index follows the store.
     async fn check_deletions(
         &self,
-        deleted: Vec<String>,
+        deleted: Vec<Deletion>,
         outcomes: &mut Vec<ItemOutcome>,
-    ) -> Vec<String> {
-        let checked: Vec<(String, StoreResult<Option<ObjectMeta>>)> = stream::iter(deleted)
-            .map(|key| async move {
-                let r = self.source.head(&key).await;
-                (key, r)
+    ) -> Vec<Deletion> {
+        let checked: Vec<(Deletion, StoreResult<Option<ObjectMeta>>)> = stream::iter(deleted)
+            .map(|d| async move {
+                let r = self.source.head(&d.key).await;
+                (d, r)
             })
             .buffered(FETCH_CONCURRENCY)
             .collect()
             .await;
         let mut gone = Vec::new();
-        for (key, head) in checked {
+        for (d, head) in checked {
+            let key = d.key.clone();
             let (etag, outcome) = match head {
                 Ok(None) | Err(StoreError::NotFound(_)) | Err(StoreError::InvalidKey(..)) => {
-                    gone.push(key.clone());
+                    gone.push(d);
                     (String::new(), Outcome::Deleted)
                 }
                 Ok(Some(meta)) => (
@@ -415,7 +443,7 @@ impl Ingester {
             .await;
     }
 
-    fn record(&self, meta: ObjectMeta) -> ItemRecord {
+    fn record(&self, meta: ObjectMeta, sequencer: Option<String>) -> ItemRecord {
         let mut metadata: serde_json::Map<String, serde_json::Value> = meta
             .metadata
             .into_iter()
@@ -431,7 +459,27 @@ impl Ingester {
             etag: meta.etag,
             size: meta.size,
             metadata,
+            sequencer,
         }
+    }
+}
+
+/// What the commit found older than the index: its stale items and skipped deletions are
+/// `Skipped`, not `Indexed` or `Deleted`.
+fn mark_superseded(outcomes: &mut [ItemOutcome], commit: &Commit) {
+    for o in outcomes.iter_mut() {
+        let reason = match o.outcome {
+            Outcome::Indexed if commit.stale.contains(&o.key) => {
+                "a later change of the key was indexed first (S3 sequencer)"
+            }
+            Outcome::Deleted if commit.skipped_deletions.contains(&o.key) => {
+                "the indexed object is newer than the deletion (S3 sequencer)"
+            }
+            _ => continue,
+        };
+        o.outcome = Outcome::Skipped {
+            reason: reason.into(),
+        };
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use lookalike::index::manifest::{segment_key, Manifest, MANIFEST_KEY};
 use lookalike::index::segment::{BuildParams, ItemRecord, SearchParams};
-use lookalike::index::writer::{self, CompactionPolicy};
+use lookalike::index::writer::{self, CompactionPolicy, Deletion};
 use lookalike::index::{Index, IndexError, ManifestError};
 use lookalike::model::ModelRef;
 use lookalike::store::{DynStore, LocalStore};
@@ -47,6 +47,7 @@ fn item(key: &str, etag: &str, v: Vec<f32>) -> (ItemRecord, Vec<f32>) {
             size: 1,
             category: lookalike::catalog::category_of(key).into(),
             metadata,
+            sequencer: None,
         },
         v,
     )
@@ -533,6 +534,130 @@ async fn a_commit_whose_answer_was_lost_is_applied_once() {
             assert_eq!(m.segments[0].name, done.output.unwrap().name);
             assert_eq!(index.snapshot().live_items(), 11, "{name} {answer:?}");
         }
+    }
+}
+
+fn sequenced(key: &str, etag: &str, seq: Option<&str>, v: Vec<f32>) -> (ItemRecord, Vec<f32>) {
+    let (mut record, v) = item(key, etag, v);
+    record.sequencer = seq.map(str::to_string);
+    (record, v)
+}
+
+fn delete_at(key: &str, seq: Option<&str>) -> Vec<Deletion> {
+    vec![Deletion {
+        key: key.into(),
+        sequencer: seq.map(str::to_string),
+    }]
+}
+
+/// Changes of one key that commit out of S3's order (a writer fetched an object, then a later
+/// change of the key committed first) are ordered by their sequencers: a stale put is hidden, a
+/// stale delete skipped, before and after compaction, in incremental and fresh snapshots. A
+/// change without a sequencer applies in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_of_a_key_apply_in_sequencer_order_whatever_order_they_commit_in() {
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut vecs = || random_vec(&mut rng);
+        let put = |key: &str, etag: &str, seq: Option<&str>, v: Vec<f32>| {
+            let index = &index;
+            let item = sequenced(key, etag, seq, v);
+            async move {
+                writer::append_changes(index, &model(), vec![item], &[], BuildParams::default())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let delete = |key: &str, seq: Option<&str>| {
+            let index = &index;
+            let d = delete_at(key, seq);
+            async move {
+                writer::append_changes(index, &model(), vec![], &d, BuildParams::default())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let (v1, v2) = (vecs(), vecs());
+
+        // 1. An overwrite indexed first, then the older upload: the older one is hidden.
+        put("a/over.jpg", "v2", Some("0055AED6DCD90281E6"), v2.clone()).await;
+        let c = put("a/over.jpg", "v1", Some("0055AED6DCD90281E5"), v1.clone()).await;
+        assert_eq!(c.stale, vec!["a/over.jpg".to_string()], "{name}");
+        assert_eq!(c.segment.as_ref().unwrap().hidden, c.stale);
+        // 2. A delete committed, then an upload fetched before it: no resurrection.
+        put("a/gone.jpg", "v1", Some("10"), vecs()).await;
+        delete("a/gone.jpg", Some("30")).await;
+        let c = put("a/gone.jpg", "v2", Some("20"), vecs()).await;
+        assert_eq!(c.stale, vec!["a/gone.jpg".to_string()], "{name}");
+        // 3. A re-upload indexed, then the delete that came before it: skipped.
+        put("a/back.jpg", "v3", Some("05"), vecs()).await;
+        let c = delete("a/back.jpg", Some("04")).await;
+        assert_eq!(
+            c.skipped_deletions,
+            vec!["a/back.jpg".to_string()],
+            "{name}"
+        );
+        // 4. Padding: "0A" is "0A00", older than "0A01".
+        put("a/pad.jpg", "new", Some("0A01"), vecs()).await;
+        let c = put("a/pad.jpg", "old", Some("0A"), vecs()).await;
+        assert_eq!(c.stale.len(), 1, "{name}");
+        // 5. No sequencer (the CLI, a hand-made event): commit order, as before.
+        put("a/cli.jpg", "s", Some("FF"), vecs()).await;
+        let c = put("a/cli.jpg", "cli", None, vecs()).await;
+        assert!(c.stale.is_empty(), "{name}");
+        delete("a/cli2.jpg", None).await;
+        put("a/cli2.jpg", "late", None, vecs()).await;
+
+        let check = |snap: &lookalike::index::Snapshot, when: &str| {
+            let etag = |k: &str| snap.record(k).unwrap().map(|r| r.etag);
+            assert_eq!(etag("a/over.jpg").as_deref(), Some("v2"), "{name} {when}");
+            assert_eq!(etag("a/gone.jpg"), None, "{name} {when}");
+            assert_eq!(etag("a/back.jpg").as_deref(), Some("v3"), "{name} {when}");
+            assert_eq!(etag("a/pad.jpg").as_deref(), Some("new"), "{name} {when}");
+            assert_eq!(etag("a/cli.jpg").as_deref(), Some("cli"), "{name} {when}");
+            assert_eq!(etag("a/cli2.jpg").as_deref(), Some("late"), "{name} {when}");
+            assert_eq!(snap.live_items(), 5, "{name} {when}");
+            // The hidden vector is not searchable; the live one is.
+            let hits = snap.search(&v1, 10, None, None).unwrap();
+            let over: Vec<_> = hits
+                .iter()
+                .filter(|h| h.record.key == "a/over.jpg")
+                .collect();
+            assert_eq!(over.len(), 1, "{name} {when}");
+            assert_eq!(over[0].record.etag, "v2", "{name} {when}");
+            assert_eq!(
+                snap.search(&v2, 1, None, None).unwrap()[0].record.etag,
+                "v2"
+            );
+        };
+        check(&index.refresh().await.unwrap(), "incremental");
+        check(&open(&store).await.snapshot(), "fresh");
+        writer::compact(&index, CompactionPolicy::All, BuildParams::default())
+            .await
+            .unwrap();
+        let snap = index.refresh().await.unwrap();
+        assert_eq!(snap.segment_count(), 1);
+        check(&snap, "compacted");
+        // The tombstone outlives the compaction: a stale upload of the deleted key is still
+        // hidden, and one with a later sequencer is not.
+        let c = put("a/gone.jpg", "v2", Some("21"), vecs()).await;
+        assert_eq!(c.stale.len(), 1, "{name}");
+        let c = put("a/gone.jpg", "v4", Some("31"), vecs()).await;
+        assert!(c.stale.is_empty(), "{name}");
+        assert_eq!(
+            index
+                .refresh()
+                .await
+                .unwrap()
+                .record("a/gone.jpg")
+                .unwrap()
+                .unwrap()
+                .etag,
+            "v4"
+        );
     }
 }
 

@@ -21,6 +21,9 @@ pub const SEGMENTS_PREFIX: &str = "segments/";
 pub const DISTANCE: &str = "cosine";
 /// How many of the latest commits' ids a manifest keeps (see [`Manifest::commits`]).
 pub const RECENT_COMMITS: usize = 64;
+/// How long a deletion's sequencer is kept ([`Manifest::tombstones`]): far longer than any
+/// invocation takes from fetching an object to committing it (15 minutes at most).
+pub const TOMBSTONE_RETENTION_MS: u64 = 24 * 3600 * 1000;
 
 /// The contents of `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,20 @@ pub struct Manifest {
     /// and stops, rather than applying its change a second time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commits: Vec<String>,
+    /// The S3 sequencer of the latest deletion of a key, when it had one: a put of the same key
+    /// with an older sequencer that commits later (it was fetched before the delete) is stale
+    /// and is hidden instead of resurrecting the key. Kept [`TOMBSTONE_RETENTION_MS`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tombstones: BTreeMap<String, Tombstone>,
+}
+
+/// A deletion's place in S3's order of its key's changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The delete notification's sequencer.
+    pub sequencer: String,
+    /// When it was committed (ms since the Unix epoch).
+    pub at_ms: u64,
 }
 
 /// One segment of a snapshot.
@@ -71,6 +88,10 @@ pub struct SegmentEntry {
     /// The segment's format (absent in format-1 manifests, whose segments are all format 1).
     #[serde(default = "first_segment_format")]
     pub format: u32,
+    /// Keys of items in this segment that are not live: at commit time a change of the same
+    /// key with a later S3 sequencer was already indexed (the item was fetched before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<String>,
 }
 
 fn first_segment_format() -> u32 {
@@ -111,7 +132,14 @@ impl Manifest {
             next_sequence: 1,
             retired: BTreeMap::new(),
             commits: Vec::new(),
+            tombstones: BTreeMap::new(),
         }
+    }
+
+    /// Forget tombstones committed more than [`TOMBSTONE_RETENTION_MS`] before `now_ms`.
+    pub fn prune_tombstones(&mut self, now_ms: u64) {
+        self.tombstones
+            .retain(|_, t| now_ms.saturating_sub(t.at_ms) < TOMBSTONE_RETENTION_MS);
     }
 
     /// Record that this manifest is written by commit `id`.
@@ -139,6 +167,7 @@ impl Manifest {
         manifest.next_sequence = old.next_sequence;
         manifest.retired = old.retired.clone();
         manifest.commits = old.commits.clone();
+        manifest.tombstones = old.tombstones.clone();
         for s in &old.segments {
             manifest.retired.insert(s.name.clone(), now_ms);
         }
@@ -290,6 +319,7 @@ mod tests {
             format: SEGMENT_FORMAT,
             sequence: seq,
             level: 0,
+            hidden: Vec::new(),
         });
         m
     }

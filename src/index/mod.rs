@@ -10,6 +10,7 @@
 //! - [`snapshot`]: a consistent read view and the merged multi-segment search.
 //! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
 //! - [`maintain`]: compaction rounds and garbage collection as one unattended run.
+//! - [`sequencer`]: S3's order of the changes of one key.
 
 pub mod cache;
 pub mod ivf;
@@ -18,6 +19,7 @@ pub mod manifest;
 pub mod quant;
 pub mod segment;
 pub mod segment_error;
+pub mod sequencer;
 pub mod snapshot;
 pub mod vectors;
 pub mod writer;

@@ -59,6 +59,10 @@ pub struct ItemRecord {
     /// User metadata (S3 `x-amz-meta-*` and CSV columns).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The S3 sequencer of the notification that indexed it (none from the CLI or a hand-made
+    /// event): orders it against other changes of its key (see [`super::sequencer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequencer: Option<String>,
 }
 
 /// Longest object key the `keys` database stores as itself. LMDB refuses keys over 511 bytes;

@@ -70,7 +70,12 @@ fn live_segment(
     let mut live = RoaringBitmap::new();
     let mut categories: HashMap<String, RoaringBitmap> = HashMap::new();
     for (id, rec) in seg.records()? {
-        if manifest.is_deleted(&rec.key, entry.sequence) || seen.contains(&rec.key) {
+        // A hidden item lost to a later change of its key: it neither shows nor hides an
+        // older segment's item of the key.
+        if manifest.is_deleted(&rec.key, entry.sequence)
+            || seen.contains(&rec.key)
+            || entry.hidden.contains(&rec.key)
+        {
             continue;
         }
         live.insert(id);
@@ -241,28 +246,30 @@ impl Snapshot {
 
     /// The live record and vector of `key`, if indexed.
     pub fn lookup(&self, key: &str) -> Result<Option<(ItemRecord, Vec<f32>)>, IndexError> {
-        for s in &self.segments {
-            if let Some(id) = s.seg.id_of(key)? {
-                if !s.live.contains(id) {
-                    return Ok(None);
-                }
-                let rec = s.seg.record(id)?;
-                let vec = s.seg.vector(id)?;
-                return Ok(rec.zip(vec));
-            }
-        }
-        Ok(None)
+        let Some((s, id)) = self.live_id(key)? else {
+            return Ok(None);
+        };
+        let rec = s.seg.record(id)?;
+        let vec = s.seg.vector(id)?;
+        Ok(rec.zip(vec))
     }
 
     /// The live record of `key` (no vector).
     pub fn record(&self, key: &str) -> Result<Option<ItemRecord>, IndexError> {
+        match self.live_id(key)? {
+            Some((s, id)) => Ok(s.seg.record(id)?),
+            None => Ok(None),
+        }
+    }
+
+    /// The segment and id of `key`'s live item. At most one segment has it live; a newer
+    /// segment may hold the key without it being live (deleted, or hidden as stale).
+    fn live_id(&self, key: &str) -> Result<Option<(&LiveSegment, u32)>, IndexError> {
         for s in &self.segments {
             if let Some(id) = s.seg.id_of(key)? {
-                return if s.live.contains(id) {
-                    Ok(s.seg.record(id)?)
-                } else {
-                    Ok(None)
-                };
+                if s.live.contains(id) {
+                    return Ok(Some((s, id)));
+                }
             }
         }
         Ok(None)

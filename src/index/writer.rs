@@ -8,9 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rand::RngExt;
 
-use super::manifest::{segment_key, Manifest, SegmentEntry, MANIFEST_KEY, SEGMENTS_PREFIX};
+use super::manifest::{
+    segment_key, Manifest, SegmentEntry, Tombstone, MANIFEST_KEY, SEGMENTS_PREFIX,
+};
 use super::segment::{write_segment, BuildParams, ItemRecord};
-use super::{Index, IndexError};
+use super::{Index, IndexError, Snapshot};
 use crate::digest::sha256_file;
 use crate::model::ModelRef;
 use crate::store::{get_object, ObjectStore, StoreError};
@@ -32,6 +34,11 @@ pub struct Commit {
     pub segment_write: Duration,
     /// Time spent committing the manifest (every attempt).
     pub manifest_commit: Duration,
+    /// Keys of the segment's items that were stale at commit (a later change of the key was
+    /// indexed first): in the segment but hidden.
+    pub stale: Vec<String>,
+    /// Deletions not applied: the key's indexed item is newer than the delete notification.
+    pub skipped_deletions: Vec<String>,
 }
 
 /// Milliseconds since the Unix epoch (the clock of segment names and retirements).
@@ -68,30 +75,86 @@ pub async fn update_manifest<F>(
 where
     F: FnMut(&mut Manifest) -> Result<bool, IndexError>,
 {
-    let id = format!("{:016x}", rand::rng().random::<u64>());
+    let id = new_commit_id();
     for attempt in 1..=MAX_COMMIT_ATTEMPTS {
-        let (mut manifest, etag) = read_manifest(store, model).await?;
-        if manifest.has_commit(&id) {
-            tracing::info!(commit = %id, attempt, "an earlier attempt of this commit landed");
-            return Ok((manifest, true, attempt));
-        }
-        if !change(&mut manifest)? {
-            return Ok((manifest, false, attempt));
-        }
-        manifest.record_commit(&id);
-        match put_manifest(store, manifest.to_bytes().into(), etag.as_deref()).await {
-            Ok(true) => return Ok((manifest, true, attempt)),
-            Ok(false) => backoff(attempt).await,
-            // The write may have landed before the error: look once, then give up.
-            Err(e) => {
-                return match read_manifest(store, model).await {
-                    Ok((now, _)) if now.has_commit(&id) => Ok((now, true, attempt)),
-                    _ => Err(e),
-                };
-            }
+        let (manifest, etag) = read_manifest(store, model).await?;
+        match try_commit(store, model, &id, manifest, etag, &mut change).await? {
+            Attempt::Done(m, committed) => return Ok((*m, committed, attempt)),
+            Attempt::Lost => backoff(attempt).await,
         }
     }
     Err(IndexError::Contention(MAX_COMMIT_ATTEMPTS))
+}
+
+/// [`update_manifest`] for a change that must see the items the manifest lists, not only the
+/// manifest: each attempt refreshes `index` (syncing new segments) and applies `change` to the
+/// snapshot it got, and the compare-and-swap is on that snapshot's manifest.
+async fn update_snapshot<F>(
+    index: &Index,
+    model: &ModelRef,
+    mut change: F,
+) -> Result<(Manifest, bool, usize), IndexError>
+where
+    F: FnMut(&Snapshot, &mut Manifest) -> Result<bool, IndexError>,
+{
+    let id = new_commit_id();
+    let store = index.store().as_ref();
+    for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+        let snapshot = index.refresh().await?;
+        let (manifest, etag) = match &snapshot.etag {
+            Some(etag) => (snapshot.manifest.clone(), Some(etag.clone())),
+            None => (Manifest::new(model.clone()), None),
+        };
+        check_model(&manifest, model)?;
+        let change = |m: &mut Manifest| change(&snapshot, m);
+        match try_commit(store, model, &id, manifest, etag, change).await? {
+            Attempt::Done(m, committed) => return Ok((*m, committed, attempt)),
+            Attempt::Lost => backoff(attempt).await,
+        }
+    }
+    Err(IndexError::Contention(MAX_COMMIT_ATTEMPTS))
+}
+
+/// A fresh commit id.
+fn new_commit_id() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+/// How one compare-and-swap attempt ended.
+enum Attempt {
+    /// Committed (`true`; possibly by an earlier attempt whose answer was lost), or nothing to
+    /// commit (`false`); with the manifest as written or read.
+    Done(Box<Manifest>, bool),
+    /// Another writer got there first: read again and retry.
+    Lost,
+}
+
+/// One attempt of commit `id` over `manifest` (stored with `etag`).
+async fn try_commit(
+    store: &dyn ObjectStore,
+    model: &ModelRef,
+    id: &str,
+    mut manifest: Manifest,
+    etag: Option<String>,
+    mut change: impl FnMut(&mut Manifest) -> Result<bool, IndexError>,
+) -> Result<Attempt, IndexError> {
+    if manifest.has_commit(id) {
+        tracing::info!(commit = %id, "an earlier attempt of this commit landed");
+        return Ok(Attempt::Done(Box::new(manifest), true));
+    }
+    if !change(&mut manifest)? {
+        return Ok(Attempt::Done(Box::new(manifest), false));
+    }
+    manifest.record_commit(id);
+    match put_manifest(store, manifest.to_bytes().into(), etag.as_deref()).await {
+        Ok(true) => Ok(Attempt::Done(Box::new(manifest), true)),
+        Ok(false) => Ok(Attempt::Lost),
+        // The write may have landed before the error: look once, then give up.
+        Err(e) => match read_manifest(store, model).await {
+            Ok((now, _)) if now.has_commit(id) => Ok(Attempt::Done(Box::new(now), true)),
+            _ => Err(e),
+        },
+    }
 }
 
 /// The stored manifest and its ETag (a new one for `model` and no ETag when there is none yet);
@@ -105,6 +168,12 @@ async fn read_manifest(
         Err(StoreError::NotFound(_)) => (Manifest::new(model.clone()), None),
         Err(e) => return Err(e.into()),
     };
+    check_model(&manifest, model)?;
+    Ok((manifest, etag))
+}
+
+/// An error unless `manifest` holds `model`'s embeddings.
+fn check_model(manifest: &Manifest, model: &ModelRef) -> Result<(), IndexError> {
     if &manifest.model != model {
         return Err(IndexError::ModelMismatch {
             index: manifest.model.id.clone(),
@@ -113,7 +182,7 @@ async fn read_manifest(
             model_dims: model.dims,
         });
     }
-    Ok((manifest, etag))
+    Ok(())
 }
 
 /// Replace the manifest whose ETag is `etag` with `manifest`, in one compare-and-swap, whatever
@@ -221,13 +290,33 @@ pub async fn build_and_upload(
             sequence: 0,
             level,
             format: super::manifest::SEGMENT_FORMAT,
+            hidden: Vec::new(),
         },
         work,
     })
 }
 
+/// A key to delete, with the S3 sequencer of its delete notification (if it had one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// The key.
+    pub key: String,
+    /// The notification's sequencer (see [`super::sequencer`]); `None` orders it by commit.
+    pub sequencer: Option<String>,
+}
+
+impl Deletion {
+    /// A deletion ordered by commit (the CLI's).
+    pub fn by_commit(key: impl Into<String>) -> Self {
+        Deletion {
+            key: key.into(),
+            sequencer: None,
+        }
+    }
+}
+
 /// Append a batch: one new segment with `items` (may be empty) and deletions of `deleted` keys,
-/// committed together in one manifest change.
+/// committed together in one manifest change, in commit order (no sequencers).
 pub async fn append(
     index: &Index,
     model: &ModelRef,
@@ -235,9 +324,30 @@ pub async fn append(
     deleted: &[String],
     params: BuildParams,
 ) -> Result<Option<Commit>, IndexError> {
-    if items.is_empty() && deleted.is_empty() {
+    let deletions: Vec<Deletion> = deleted.iter().map(Deletion::by_commit).collect();
+    append_changes(index, model, items, &deletions, params).await
+}
+
+/// Append a batch of changes ordered by S3's sequencers where they have them: at commit time,
+/// against the snapshot the commit is made on, an item whose key has a later change indexed
+/// (an item or a deletion with a greater sequencer) is stale and hidden (listed in its segment
+/// entry's `hidden`), and a deletion older than the key's indexed item is skipped. The rest is
+/// [`append`]: one segment and the deletions, in one compare-and-swap.
+pub async fn append_changes(
+    index: &Index,
+    model: &ModelRef,
+    items: Vec<(ItemRecord, Vec<f32>)>,
+    deletions: &[Deletion],
+    params: BuildParams,
+) -> Result<Option<Commit>, IndexError> {
+    if items.is_empty() && deletions.is_empty() {
         return Ok(None);
     }
+    let ordered: Vec<(String, String)> = items
+        .iter()
+        .filter_map(|(r, _)| Some((r.key.clone(), r.sequencer.clone()?)))
+        .collect();
+    let by_sequencer = !ordered.is_empty() || deletions.iter().any(|d| d.sequencer.is_some());
     let start = Instant::now();
     let segment = if items.is_empty() {
         None
@@ -247,23 +357,65 @@ pub async fn append(
     let segment_write = start.elapsed();
     let start = Instant::now();
     let mut committed_entry = None;
-    let (manifest, _, attempts) = update_manifest(index.store().as_ref(), model, |m| {
+    let mut outcome = (Vec::new(), Vec::new());
+    let mut apply = |m: &mut Manifest, stale: Vec<String>, applied: Vec<&Deletion>| {
         let seq = m.bump();
         if let Some(seg) = &segment {
             let mut entry = seg.entry.clone();
             entry.sequence = seq;
+            entry.hidden = stale.clone();
             m.segments.push(entry.clone());
             committed_entry = Some(entry);
         }
-        for key in deleted {
-            m.deleted.insert(key.clone(), seq);
+        let now = now_ms();
+        for d in &applied {
+            m.deleted.insert(d.key.clone(), seq);
+            if let Some(t) = &d.sequencer {
+                let newest = super::sequencer::later(
+                    m.tombstones.get(&d.key).map(|t| t.sequencer.clone()),
+                    Some(t.clone()),
+                );
+                m.tombstones.insert(
+                    d.key.clone(),
+                    Tombstone {
+                        sequencer: newest.unwrap_or_default(),
+                        at_ms: now,
+                    },
+                );
+            }
         }
-        Ok(true)
-    })
-    .await?;
+        let skipped = deletions
+            .iter()
+            .filter(|d| !applied.iter().any(|a| a.key == d.key))
+            .map(|d| d.key.clone())
+            .collect();
+        outcome = (stale, skipped);
+    };
+    let (manifest, _, attempts) = if by_sequencer {
+        update_snapshot(index, model, |snap, m| {
+            let (stale, applied) = order_against(snap, m, &ordered, deletions)?;
+            apply(m, stale, applied);
+            Ok(true)
+        })
+        .await?
+    } else {
+        update_manifest(index.store().as_ref(), model, |m| {
+            apply(m, Vec::new(), deletions.iter().collect());
+            Ok(true)
+        })
+        .await?
+    };
     let manifest_commit = start.elapsed();
     if let Some(seg) = segment {
         seg.install(index)?;
+    }
+    let (stale, skipped_deletions) = outcome;
+    if !stale.is_empty() || !skipped_deletions.is_empty() {
+        tracing::info!(
+            ?stale,
+            ?skipped_deletions,
+            "changes older than what the index holds were not applied"
+        );
     }
     Ok(Some(Commit {
         version: manifest.version,
@@ -271,7 +423,40 @@ pub async fn append(
         attempts,
         segment_write,
         manifest_commit,
+        stale,
+        skipped_deletions,
     }))
+}
+
+/// Which of a batch's changes are older than what `snapshot` (whose manifest is `m`) holds for
+/// their key: the keys of stale items, and the deletions to apply.
+fn order_against<'d>(
+    snapshot: &Snapshot,
+    m: &Manifest,
+    items: &[(String, String)],
+    deletions: &'d [Deletion],
+) -> Result<(Vec<String>, Vec<&'d Deletion>), IndexError> {
+    use super::sequencer::is_older;
+    let indexed = |key: &str| -> Result<Option<String>, IndexError> {
+        Ok(snapshot.record(key)?.and_then(|r| r.sequencer))
+    };
+    let mut stale = Vec::new();
+    for (key, seq) in items {
+        let deleted_later = m
+            .tombstones
+            .get(key)
+            .is_some_and(|t| is_older(Some(seq), Some(&t.sequencer)));
+        if deleted_later || is_older(Some(seq), indexed(key)?.as_deref()) {
+            stale.push(key.clone());
+        }
+    }
+    let mut applied = Vec::new();
+    for d in deletions {
+        if !is_older(d.sequencer.as_deref(), indexed(&d.key)?.as_deref()) {
+            applied.push(d);
+        }
+    }
+    Ok((stale, applied))
 }
 
 /// Which segments a compaction merges.
@@ -396,6 +581,7 @@ pub async fn compact(
         }
         let seq = listed.iter().map(|s| s.sequence).max().unwrap_or(0);
         m.retire(&inputs, now_ms());
+        m.prune_tombstones(now_ms());
         // A deletion still matters if it hides items in a segment that was not merged (one
         // older than it), or if it was committed after the snapshot the merge was built from
         // (then it was not applied to the output's items, which it may hide).

@@ -4,6 +4,7 @@
 
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
+use lookalike::index::sequencer;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -23,6 +24,9 @@ pub struct Notice {
     /// The object key, URL-decoded.
     pub key: String,
     pub change: Change,
+    /// The record's `sequencer`, normalised; `None` when missing or malformed (a hand-made
+    /// event), which orders the change by commit instead.
+    pub sequencer: Option<String>,
 }
 
 /// How the event reached the function; decides the shape of the response.
@@ -157,6 +161,7 @@ fn parse_s3(event: &Value, message_id: Option<&str>) -> Result<Vec<Notice>, Even
             bucket,
             key: decode_key(&key),
             change,
+            sequencer: sequencer::parse(record.s3.object.sequencer.as_deref()),
         });
     }
     Ok(notices)
@@ -242,6 +247,21 @@ mod tests {
             }
         );
         assert_eq!(batch.notices[1].change, Change::Removed);
+        assert_eq!(batch.notices[0].sequencer.as_deref(), Some("01"));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_sequencer_is_none_not_an_error() {
+        let mut bad = record("ObjectCreated:Put", "a.jpg");
+        bad["s3"]["object"]["sequencer"] = json!("not hex!");
+        let mut missing = record("ObjectCreated:Put", "b.jpg");
+        missing["s3"]["object"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sequencer");
+        let batch = parse(&json!({"Records": [bad, missing]})).unwrap();
+        assert_eq!(batch.notices.len(), 2);
+        assert!(batch.notices.iter().all(|n| n.sequencer.is_none()));
     }
 
     #[test]

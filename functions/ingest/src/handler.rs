@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use lookalike::index::segment::BuildParams;
+use lookalike::index::writer::Deletion;
 use lookalike::index::{Index, IndexError};
 use lookalike::ingest::{IngestReport, Ingester, Outcome};
 use lookalike::model::encoder::Encoder;
@@ -217,8 +218,9 @@ impl IngestFunction {
             batch.unreadable.iter().map(|(id, _)| id.clone()).collect();
         let mut error = None;
 
-        // Per bucket: the latest change per key (any creation wins: the object is fetched, and
-        // if it is gone by then the key is deleted; removals are checked against the bucket).
+        // Per bucket: the latest change per key. With sequencers on all of a key's notices the
+        // greatest decides; otherwise any creation wins (the object is fetched, and if it is
+        // gone by then the key is deleted). Removals are checked against the bucket.
         let mut buckets: BTreeMap<String, BTreeMap<String, Vec<&Notice>>> = BTreeMap::new();
         for n in &batch.notices {
             if self.is_own_object(&n.bucket, &n.key) {
@@ -242,18 +244,20 @@ impl IngestFunction {
             let mut objects = Vec::new();
             let mut deleted = Vec::new();
             for (key, notices) in keys {
-                let created = notices.iter().rev().find_map(|n| match &n.change {
-                    Change::Created { size, etag } => Some((*size, etag.clone())),
-                    Change::Removed => None,
-                });
-                match created {
-                    Some((size, etag)) => objects.push(ObjectMeta {
+                match latest_change(notices) {
+                    (Change::Created { size, etag }, sequencer) => objects.push((
+                        ObjectMeta {
+                            key: key.clone(),
+                            size,
+                            etag,
+                            metadata: Default::default(),
+                        },
+                        sequencer,
+                    )),
+                    (Change::Removed, sequencer) => deleted.push(Deletion {
                         key: key.clone(),
-                        size,
-                        etag,
-                        metadata: Default::default(),
+                        sequencer,
                     }),
-                    None => deleted.push(key.clone()),
                 }
             }
             let messages_of = |key: &str| -> Vec<String> {
@@ -297,8 +301,8 @@ impl IngestFunction {
     async fn ingest_bucket(
         &self,
         bucket: &str,
-        objects: Vec<ObjectMeta>,
-        deleted: Vec<String>,
+        objects: Vec<(ObjectMeta, Option<String>)>,
+        deleted: Vec<Deletion>,
     ) -> Result<IngestReport, IndexError> {
         let index = self.index().await?.clone();
         let ingester = Ingester {
@@ -309,10 +313,30 @@ impl IngestFunction {
             metadata: None,
             build: self.build,
         };
-        let report = ingester.ingest(objects, deleted, None).await?;
+        let report = ingester.ingest_changes(objects, deleted, None).await?;
         tracing::info!(%bucket, version = ?report.version, segment = ?report.segment, "committed");
         Ok(report)
     }
+}
+
+/// The change that decides a key of a batch, with the sequencer it is ordered by (see the
+/// comment in `handle_batch`).
+fn latest_change(notices: &[&Notice]) -> (Change, Option<String>) {
+    if notices.iter().all(|n| n.sequencer.is_some()) {
+        let latest = notices
+            .iter()
+            .max_by(|a, b| {
+                let (a, b) = (a.sequencer.as_deref(), b.sequencer.as_deref());
+                lookalike::index::sequencer::compare(a.unwrap_or(""), b.unwrap_or(""))
+            })
+            .expect("a key has at least one notice");
+        return (latest.change.clone(), latest.sequencer.clone());
+    }
+    let created = notices.iter().rev().find_map(|n| match &n.change {
+        c @ Change::Created { .. } => Some(c.clone()),
+        Change::Removed => None,
+    });
+    (created.unwrap_or(Change::Removed), None)
 }
 
 fn add_report(summary: &mut Summary, report: &IngestReport) {

@@ -14,6 +14,7 @@ use lookalike_ingest::IngestFunction;
 use serde_json::{json, Value};
 use testkit::lambda::{delete_object, put_object, s3_event, s3_record, sqs_batch};
 
+use testkit::faults::{FaultyStore, HoldSegmentUpload};
 use testkit::lambda::TestBucket;
 
 /// A [`TestBucket`] with what the ingest function tests do with it.
@@ -36,6 +37,17 @@ impl Env {
     fn function(&self) -> IngestFunction {
         IngestFunction::new(
             self.index_store.clone(),
+            self.tempdir(),
+            self.encoder.clone(),
+            self.client.clone(),
+            Limits::default(),
+        )
+    }
+
+    /// A function instance whose index store is `store` (e.g. one that injects faults).
+    fn function_on(&self, store: lookalike::store::DynStore) -> IngestFunction {
+        IngestFunction::new(
+            store,
             self.tempdir(),
             self.encoder.clone(),
             self.client.clone(),
@@ -411,6 +423,7 @@ fn a_segment_written_but_never_committed_is_invisible_and_collected() {
             size: 1,
             category: "a".into(),
             metadata: Default::default(),
+            sequencer: None,
         };
         let orphan = writer::build_and_upload(
             &index,
@@ -470,4 +483,88 @@ fn an_index_inside_the_watched_prefix_is_refused_at_start_up() {
         "{log}"
     );
     assert!(log.contains("s3://bucket/images/index"), "{log}");
+}
+
+/// An SQS batch of one record for `key` with S3 sequencer `sequencer`.
+fn sequenced(bucket: &str, created: bool, key: &str, sequencer: &str) -> Value {
+    let mut record = s3_record(created, bucket, key);
+    record["s3"]["object"]["sequencer"] = json!(sequencer);
+    sqs_batch(bucket, vec![s3_event(vec![record])])
+}
+
+/// The races S3's sequencer exists for. Invocation A fetches and encodes a key's upload and is
+/// held before it commits; meanwhile the key changes and invocation B commits that change; then
+/// A commits. An overwrite (v2) stays indexed over A's older v1, and a deletion stays deleted.
+#[test]
+fn an_invocation_that_commits_after_a_later_change_of_its_key_does_not_undo_it() {
+    testkit::block_on(async {
+        let Some(env) = Env::new("out-of-order").await else {
+            return;
+        };
+        for (key, overwrite) in [("race/over.jpg", true), ("race/gone.jpg", false)] {
+            env.put(key, testkit::synthetic_jpeg(801)).await;
+            let hold = Arc::new(HoldSegmentUpload::default());
+            let held = env.function_on(Arc::new(FaultyStore {
+                inner: env.index_store.clone(),
+                fault: hold.clone(),
+            }));
+            let first = sequenced(&env.bucket, true, key, "0062E99A88DC407470");
+            hold.arm();
+            let a = held.handle(&first);
+            tokio::pin!(a);
+            tokio::select! {
+                _ = hold.reached() => {}
+                h = &mut a => panic!("{key}: A ended before its upload: {:?}", h.summary),
+            }
+            // While A waits: the key changes, and B commits that change.
+            let (later, v2) = if overwrite {
+                let v2 = testkit::synthetic_jpeg(802);
+                env.put(key, v2.clone()).await;
+                (
+                    sequenced(&env.bucket, true, key, "0062E99A88DC407471"),
+                    Some(v2),
+                )
+            } else {
+                delete_object(&env.client, &env.bucket, key).await;
+                (
+                    sequenced(&env.bucket, false, key, "0062E99A88DC407471"),
+                    None,
+                )
+            };
+            let b = env.function().handle(&later).await;
+            assert_eq!(failures(&b.response().unwrap()), Vec::<String>::new());
+            assert_eq!(
+                b.summary.indexed + b.summary.deleted,
+                1,
+                "{key}: {:?}",
+                b.summary
+            );
+            hold.release();
+            let a = a.await;
+            assert_eq!(failures(&a.response().unwrap()), Vec::<String>::new());
+            assert_eq!(
+                a.summary.skipped, 1,
+                "{key}: A's stale upload is skipped: {:?}",
+                a.summary
+            );
+
+            let snap = env.snapshot().await;
+            match v2 {
+                Some(v2) => {
+                    let (record, vector) = snap.lookup(key).unwrap().expect("v2 is indexed");
+                    let want = env.encoder.encode_image(&v2, &Limits::default()).unwrap();
+                    let cos: f32 = vector.iter().zip(&want).map(|(a, b)| a * b).sum();
+                    assert!(cos > 0.99, "{key}: the indexed vector is not v2's ({cos})");
+                    assert_eq!(record.sequencer.as_deref(), Some("0062E99A88DC407471"));
+                }
+                None => assert!(snap.record(key).unwrap().is_none(), "{key} came back"),
+            }
+            // A new container sees the same.
+            let fresh = env.snapshot().await;
+            assert_eq!(
+                fresh.record(key).unwrap().map(|r| r.etag),
+                snap.record(key).unwrap().map(|r| r.etag)
+            );
+        }
+    });
 }

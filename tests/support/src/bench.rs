@@ -136,6 +136,7 @@ pub fn record(key: &str) -> ItemRecord {
         size: 0,
         category: lookalike::catalog::category_of(key).to_string(),
         metadata: Default::default(),
+        sequencer: None,
     }
 }
 
