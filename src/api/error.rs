@@ -115,7 +115,10 @@ impl From<ImageError> for ApiError {
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
         match e {
-            IndexError::Store(_) | IndexError::Corrupt(..) | IndexError::Contention(_) => {
+            IndexError::Store(_)
+            | IndexError::Corrupt(..)
+            | IndexError::Contention(_)
+            | IndexError::NoSpace { .. } => {
                 Self::unavailable("the index cannot be read now; retry shortly").with_detail(e)
             }
             // Names the two models, nothing else: what an operator needs to see the fix.

@@ -27,7 +27,15 @@ pub struct ServiceConfig {
     pub presign_ttl: Duration,
     /// Limits on query images; `max_bytes` is the largest accepted image body.
     pub limits: Limits,
+    /// At most this many bytes of segments in the cache (none: only the disk limits).
+    pub cache_budget: Option<u64>,
 }
+
+/// After a sync that found no room, the manifest is not checked again for this long (doubling
+/// with every such failure, up to [`MAX_FULL_DISK_BACKOFF`]).
+pub const FULL_DISK_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between checks while the disk stays too small.
+pub const MAX_FULL_DISK_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Largest query image by default: API Gateway's payload limit to Lambda is 6 MB and base64 adds
 /// a third, so raw images up to 4.5 MiB can reach the function at all.
@@ -42,19 +50,23 @@ impl Default for ServiceConfig {
                 max_bytes: DEFAULT_MAX_QUERY_BYTES,
                 ..Limits::default()
             },
+            cache_budget: None,
         }
     }
 }
 
 impl ServiceConfig {
-    /// `LOOKALIKE_CHECK_INTERVAL_SECS`, `LOOKALIKE_PRESIGN_SECS` and the image limits
-    /// (`LOOKALIKE_MAX_IMAGE_BYTES`, `LOOKALIKE_MAX_PIXELS`, `LOOKALIKE_MAX_SIDE`).
+    /// `LOOKALIKE_CHECK_INTERVAL_SECS`, `LOOKALIKE_PRESIGN_SECS`, `LOOKALIKE_CACHE_MAX_MB` and
+    /// the image limits (`LOOKALIKE_MAX_IMAGE_BYTES`, `LOOKALIKE_MAX_PIXELS`,
+    /// `LOOKALIKE_MAX_SIDE`).
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
+        let budget_mb: u64 = crate::config::env_or("LOOKALIKE_CACHE_MAX_MB", 0)?;
         Ok(ServiceConfig {
             check_interval: env_secs("LOOKALIKE_CHECK_INTERVAL_SECS", d.check_interval)?,
             presign_ttl: env_secs("LOOKALIKE_PRESIGN_SECS", d.presign_ttl)?,
             limits: Limits::from_env(d.limits)?,
+            cache_budget: (budget_mb > 0).then_some(budget_mb << 20),
         })
     }
 }
@@ -150,6 +162,8 @@ pub struct QueryService {
     config: ServiceConfig,
     index: OnceCell<Arc<Index>>,
     last_check: Mutex<Option<Instant>>,
+    /// How long checks wait after a sync found no room (zero when the last one had room).
+    full_disk_backoff: Mutex<Duration>,
     s3: Option<aws_sdk_s3::Client>,
 }
 
@@ -170,6 +184,7 @@ impl QueryService {
             config,
             index: OnceCell::new(),
             last_check: Mutex::new(None),
+            full_disk_backoff: Mutex::new(Duration::ZERO),
             s3,
         }
     }
@@ -195,7 +210,9 @@ impl QueryService {
             .get_or_try_init(|| async {
                 opened_now = true;
                 let model = Some(self.encoder.model_ref());
-                let index = Index::open(self.store.clone(), &self.cache_dir, model).await?;
+                let cache = crate::index::SegmentCache::new(&self.cache_dir)?
+                    .with_budget(self.config.cache_budget);
+                let index = Index::open_in(self.store.clone(), cache, model).await?;
                 Ok::<_, crate::index::IndexError>(Arc::new(index))
             })
             .await
@@ -209,8 +226,14 @@ impl QueryService {
         }
         let due = {
             let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
+            let wait = self.config.check_interval.max(
+                *self
+                    .full_disk_backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             match *last {
-                Some(t) if t.elapsed() < self.config.check_interval => false,
+                Some(t) if t.elapsed() < wait => false,
                 _ => {
                     *last = Some(Instant::now());
                     true
@@ -218,9 +241,33 @@ impl QueryService {
             }
         };
         if due {
+            let backoff = || {
+                self.full_disk_backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            };
             match index.refresh().await {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    *backoff() = Duration::ZERO;
+                    return Ok(s);
+                }
                 Err(e @ crate::index::IndexError::ModelMismatch { .. }) => return Err(e.into()),
+                Err(crate::index::IndexError::NoSpace {
+                    needed, free, dir, ..
+                }) => {
+                    let wait = (*backoff() * 2).clamp(FULL_DISK_BACKOFF, MAX_FULL_DISK_BACKOFF);
+                    *backoff() = wait;
+                    let current = index.snapshot();
+                    tracing::error!(
+                        metric = "lookalike_cache_full",
+                        needed_bytes = needed,
+                        free_bytes = free,
+                        %dir,
+                        version = current.version(),
+                        next_check_secs = wait.as_secs(),
+                        "no room for the new segments; serving the last snapshot"
+                    );
+                }
                 Err(e) => {
                     let current = index.snapshot();
                     tracing::warn!(error = %e, version = current.version(), "manifest check failed; serving the last snapshot");

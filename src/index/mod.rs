@@ -77,6 +77,22 @@ pub enum IndexError {
     /// A local file operation failed.
     #[error("I/O error on {0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// The cache's disk (or its configured budget) cannot hold the segments a sync needs.
+    #[error(
+        "not enough space for the index's new segments in {dir}: {needed} bytes needed, {free} free{budget}; \
+         the last snapshot keeps answering (give the function more ephemeral storage: an index \
+         needs room for itself twice while a compaction's output replaces its inputs)"
+    )]
+    NoSpace {
+        /// The cache folder.
+        dir: String,
+        /// Bytes the sync would download.
+        needed: u64,
+        /// Bytes free on its disk (or left in its budget).
+        free: u64,
+        /// `" (budget N bytes)"` when a budget, not the disk, is the limit.
+        budget: String,
+    },
     /// Too many concurrent commits won the compare-and-swap first.
     #[error("gave up committing the manifest after {0} conflicting attempts")]
     Contention(usize),
@@ -112,7 +128,15 @@ impl Index {
         cache_dir: &Path,
         model: Option<ModelRef>,
     ) -> Result<Self, IndexError> {
-        let cache = SegmentCache::new(cache_dir)?;
+        Self::open_in(store, SegmentCache::new(cache_dir)?, model).await
+    }
+
+    /// [`Index::open`] with a cache made by the caller (e.g. with a budget).
+    pub async fn open_in(
+        store: DynStore,
+        cache: SegmentCache,
+        model: Option<ModelRef>,
+    ) -> Result<Self, IndexError> {
         let empty = Arc::new(Snapshot::empty(Manifest::new(model.clone().unwrap_or(
             ModelRef {
                 id: String::new(),

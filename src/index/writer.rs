@@ -261,7 +261,7 @@ pub async fn build_and_upload(
 ) -> Result<BuiltSegment, IndexError> {
     let name = new_segment_name();
     let work = tempfile::Builder::new()
-        .prefix(".build-")
+        .prefix(&super::cache::work_prefix("build"))
         .tempdir_in(index.cache().dir())
         .map_err(|e| IndexError::Io(index.cache().dir().display().to_string(), e))?;
     let path = work.path().join(&name);

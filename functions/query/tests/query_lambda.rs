@@ -640,3 +640,64 @@ fn tmp_holds_only_listed_segments_and_a_new_segment_is_the_only_download() {
         assert_eq!(result_keys(&r.body), vec!["s9/new.jpg"]);
     });
 }
+
+/// A container whose /tmp (here a budget for it) cannot hold the index's next segments keeps
+/// answering from its last snapshot, leaves no partial download behind, and says why in words
+/// (503, no path) when it has no snapshot at all.
+#[test]
+fn a_full_cache_keeps_serving_the_last_snapshot() {
+    testkit::block_on(async {
+        let Some(env) = Env::new("full-disk").await else {
+            return;
+        };
+        env.ingest_fixtures().await;
+        let first = env.snapshot().await;
+        let held = first.manifest.total_bytes();
+        let cache = env.tempdir();
+        let tight = ServiceConfig {
+            cache_budget: Some(held + 1024),
+            ..eager()
+        };
+        let service = env.service_in(&cache, tight.clone());
+        let r = send(&service, event("http-stats.json", &env.bucket)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let version = r.body["version"].clone();
+
+        // A new segment that does not fit beside the first.
+        let more: Vec<(String, Vec<u8>)> = (0..4)
+            .map(|i| {
+                (
+                    format!("catalog/more/{i}.jpg"),
+                    testkit::synthetic_jpeg(900 + i),
+                )
+            })
+            .collect();
+        env.ingest(&more).await;
+        for _ in 0..2 {
+            let r = send(&service, event("http-search-image.json", &env.bucket)).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.body["index_version"], version, "still the last snapshot");
+            assert!(!result_keys(&r.body).is_empty());
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // A container with room gets the new version; one with no room for anything says so.
+        let roomy = send(&env.service(), event("http-stats.json", &env.bucket)).await;
+        assert_eq!(roomy.body["items"], 7, "{}", roomy.body);
+        let none = env.service_in(
+            &env.tempdir(),
+            ServiceConfig {
+                cache_budget: Some(1024),
+                ..eager()
+            },
+        );
+        let r = send(&none, event("http-stats.json", &env.bucket)).await;
+        assert_error(&r, 503, "index_unavailable");
+        assert!(!r.body.to_string().contains("/tmp"), "{}", r.body);
+    });
+}
