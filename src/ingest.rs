@@ -247,10 +247,14 @@ impl Ingester {
         let mut vanished = Vec::new();
         let jobs = todo.into_iter().map(|meta| Job {
             key: meta.key.clone(),
+            size: meta.size,
             store: self.source.clone(),
             item: meta,
         });
-        let mut chunks = pipeline::fetch_chunks(jobs.collect::<Vec<_>>(), pipeline::CHUNK);
+        let mut chunks = pipeline::fetch_chunks(
+            jobs.collect::<Vec<_>>(),
+            pipeline::FetchLimits::for_images(self.limits.max_bytes),
+        );
         loop {
             // The pipeline fetches the next chunk while this one is encoded: what counts as fetch
             // time is the wait for a chunk.
@@ -496,8 +500,8 @@ fn fetched(meta: ObjectMeta, object: StoreResult<Object>) -> (ObjectMeta, Result
         }
         // Deleted since the notification: the deletion is what to index.
         Err(StoreError::NotFound(_)) => (meta, Err(Outcome::Deleted)),
-        // An invalid key can never be fetched: refuse it for good.
-        Err(e @ StoreError::InvalidKey(..)) => {
+        // An invalid key can never be fetched, a too big object never read: refuse it for good.
+        Err(e @ (StoreError::InvalidKey(..) | StoreError::TooLarge { .. })) => {
             let reason = e.to_string();
             (meta, Err(Outcome::Rejected { reason }))
         }

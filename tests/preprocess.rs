@@ -333,6 +333,50 @@ fn decompression_bomb_is_refused_from_the_header() {
     );
 }
 
+/// A PNG header declaring `w` x `h` at `depth` bits of colour type `color` (6: RGBA).
+fn png_declaring_as(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+    let mut out = png_declaring(w, h);
+    out[24] = depth;
+    out[25] = color;
+    // Re-sign the IHDR chunk (bytes 12..29 are its type and data, 29..33 its CRC).
+    let crc = crc32(&out[12..29]);
+    out[29..33].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// A query needs only the model's input: it decodes far fewer pixels than ingest, and neither
+/// decodes a 10000x10000 16-bit RGBA PNG (793 KB when all one colour; 800 MB decoded).
+#[test]
+fn a_query_decodes_far_fewer_pixels_than_ingest() {
+    let (ingest, query) = (Limits::default(), Limits::for_queries());
+    let huge = png_declaring_as(10_000, 10_000, 16, 6);
+    for limits in [&ingest, &query] {
+        assert_eq!(
+            decode(&huge, limits),
+            Err(ImageError::TooLarge {
+                width: 10_000,
+                height: 10_000
+            })
+        );
+    }
+    // 25 megapixels of PNG: ingest goes on to decode it (this one's data is truncated), a query
+    // refuses it from the header.
+    let big = png_declaring_as(5_000, 5_000, 8, 2);
+    assert_eq!(
+        decode(&big, &query),
+        Err(ImageError::TooLarge {
+            width: 5_000,
+            height: 5_000
+        })
+    );
+    assert!(matches!(decode(&big, &ingest), Err(ImageError::Decode(_))));
+    // A JPEG over the full-decode limit is still fine for a query: it is decoded at a reduced
+    // DCT scale.
+    let photo = jpeg(&gradient(4_200, 4_000), None);
+    let c = card(Layout::Nchw, center_crop());
+    assert!(preprocess(&photo, &c, &query).is_ok());
+}
+
 #[test]
 fn unsupported_formats_are_named() {
     let cases: [(&[u8], &str); 4] = [

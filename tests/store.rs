@@ -242,6 +242,25 @@ async fn behaviour_suite(store: DynStore) {
                 .map(drop),
         );
     }
+
+    // A capped read: at the cap it is the object; one byte over, TooLarge with the limit.
+    store
+        .put("cap/1000.bin", Bytes::from(vec![7u8; 1000]))
+        .await
+        .unwrap();
+    let o = store.get_capped("cap/1000.bin", 1000).await.unwrap();
+    assert_eq!(o.bytes.len(), 1000);
+    assert!(!o.meta.etag.is_empty());
+    match store.get_capped("cap/1000.bin", 999).await {
+        Err(StoreError::TooLarge { key, limit, .. }) => {
+            assert_eq!((key.as_str(), limit), ("cap/1000.bin", 999))
+        }
+        other => panic!("{:?}", other.map(|o| o.bytes.len())),
+    }
+    assert!(matches!(
+        store.get_capped("cap/missing", 10).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 /// `tasks` x `per_task` increments of one counter object through read-etag + put_if_match retry

@@ -48,7 +48,7 @@ impl Default for ServiceConfig {
             presign_ttl: Duration::from_secs(15 * 60),
             limits: Limits {
                 max_bytes: DEFAULT_MAX_QUERY_BYTES,
-                ..Limits::default()
+                ..Limits::for_queries()
             },
             cache_budget: None,
         }

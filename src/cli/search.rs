@@ -50,7 +50,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
             &snapshot,
             &encoder,
             &bytes,
-            &Limits::default(),
+            &Limits::for_queries(),
             k,
             args.category.as_deref(),
         )?

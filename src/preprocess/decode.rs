@@ -29,16 +29,25 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Upper bound on what a decoder may allocate, in bytes.
     pub max_alloc: u64,
+    /// Largest width x height decoded at full size. A JPEG can be decoded at a reduced DCT scale
+    /// (cheap, up to `max_pixels`); any other image above this is refused before decoding, so
+    /// that a small, highly compressed upload cannot buy seconds of CPU.
+    pub max_full_pixels: u64,
 }
 
 impl Limits {
     /// `base` with what the environment overrides: `LOOKALIKE_MAX_IMAGE_BYTES`,
-    /// `LOOKALIKE_MAX_PIXELS` and `LOOKALIKE_MAX_SIDE` (both sides).
+    /// `LOOKALIKE_MAX_PIXELS`, `LOOKALIKE_MAX_FULL_PIXELS` and `LOOKALIKE_MAX_SIDE` (both sides).
     pub fn from_env(base: Limits) -> Result<Limits, ConfigError> {
         let side: u32 = env_or("LOOKALIKE_MAX_SIDE", base.max_width.max(base.max_height))?;
+        let max_pixels: u64 = env_or("LOOKALIKE_MAX_PIXELS", base.max_pixels)?;
         Ok(Limits {
             max_bytes: env_or("LOOKALIKE_MAX_IMAGE_BYTES", base.max_bytes)?,
-            max_pixels: env_or("LOOKALIKE_MAX_PIXELS", base.max_pixels)?,
+            max_pixels,
+            max_full_pixels: env_or(
+                "LOOKALIKE_MAX_FULL_PIXELS",
+                base.max_full_pixels.min(max_pixels),
+            )?,
             max_width: side,
             max_height: side,
             ..base
@@ -47,14 +56,31 @@ impl Limits {
 }
 
 impl Default for Limits {
-    /// 40 MiB of input, sides up to 20000 px, 100 megapixels, 1 GiB of decoder allocations.
+    /// What ingest accepts: 40 MiB of input, sides up to 20000 px, 100 megapixels (all decoded at
+    /// full size if need be), 512 MiB of decoder allocations (a 16-bit RGBA image of up to 64
+    /// megapixels).
     fn default() -> Self {
         Limits {
             max_bytes: 40 << 20,
             max_width: 20_000,
             max_height: 20_000,
             max_pixels: 100_000_000,
-            max_alloc: 1 << 30,
+            max_alloc: 512 << 20,
+            max_full_pixels: 100_000_000,
+        }
+    }
+}
+
+impl Limits {
+    /// What a query image may take: a search needs only the model's input size, so besides
+    /// JPEGs of up to 50 megapixels (decoded at a reduced DCT scale) only images of up to 16
+    /// megapixels are decoded, within 256 MiB.
+    pub fn for_queries() -> Limits {
+        Limits {
+            max_pixels: 50_000_000,
+            max_full_pixels: 16_000_000,
+            max_alloc: 256 << 20,
+            ..Limits::default()
         }
     }
 }
@@ -304,16 +330,26 @@ fn decode_general(bytes: &[u8], format: Format, limits: &Limits) -> Result<RgbIm
     };
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits)?;
+    // The decoded buffer's size, from the header: not every decoder checks `max_alloc` itself
+    // before it allocates.
+    if u64::from(width) * u64::from(height) > limits.max_full_pixels
+        || decoder.total_bytes() > limits.max_alloc
+    {
+        return Err(ImageError::TooLarge { width, height });
+    }
     decoder
         .set_limits(image_limits(limits, true))
         .map_err(|_| ImageError::TooLarge { width, height })?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
         image::ImageError::Limits(_) => ImageError::TooLarge { width, height },
         other => decode_error(other),
     })?;
+    // To 8-bit RGB first (dropping a 16-bit or alpha buffer), then the orientation: a rotation
+    // copies the smaller buffer.
+    let mut img = DynamicImage::ImageRgb8(img.into_rgb8());
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
 }

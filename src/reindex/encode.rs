@@ -32,13 +32,15 @@ impl ReindexJob<'_> {
                 Ok(Job {
                     store: self.sources.of(r)?.clone(),
                     key: r.key.clone(),
+                    size: r.size,
                     item: r.clone(),
                 })
             })
             .collect::<Result<Vec<_>, ReindexError>>()?;
         // The pipeline fetches the next chunk while this one is encoded; dropping it on an error
         // stops the fetching.
-        let mut chunks = pipeline::fetch_chunks(jobs, pipeline::CHUNK);
+        let limits = pipeline::FetchLimits::for_images(self.r.limits.max_bytes);
+        let mut chunks = pipeline::fetch_chunks(jobs, limits);
         while let Some(chunk) = chunks.next().await {
             let mut fetched = Vec::with_capacity(chunk.len());
             for f in chunk {

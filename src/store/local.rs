@@ -300,6 +300,21 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn get_capped(&self, key: &str, max_bytes: u64) -> StoreResult<Object> {
+        let path = self.path_of(key)?;
+        let size = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Err(StoreError::NotFound(key.to_string())),
+            Err(e) if is_missing(&e) => return Err(StoreError::NotFound(key.to_string())),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        super::check_cap(key, size, max_bytes)?;
+        let object = super::get_object(self, key).await?;
+        // It may have grown since the size was read.
+        super::check_cap(key, object.bytes.len() as u64, max_bytes)?;
+        Ok(object)
+    }
+
     async fn put(&self, key: &str, body: Bytes) -> StoreResult<String> {
         let path = self.path_of(key)?;
         self.blocking(move |inner| {

@@ -67,6 +67,16 @@ pub enum StoreError {
     /// The backend could not be reached or answered with an error (network, auth, throttling).
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The object is bigger than the caller reads ([`ObjectStore::get_capped`]).
+    #[error("{key} is {size} bytes or more, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The key.
+        key: String,
+        /// Its size, or as many bytes as were read before giving up.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// A store operation's result.
@@ -93,6 +103,21 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
     /// Delete an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// The object under `key` if it has at most `max_bytes`; [`StoreError::TooLarge`] otherwise,
+    /// found out without reading more than `max_bytes` of it where the store can (S3: the
+    /// declared length first, then a counted stream; a folder: the file's size).
+    async fn get_capped(&self, key: &str, max_bytes: u64) -> StoreResult<Object> {
+        let object = match self.get(key, None).await? {
+            GetResult::Found(o) => o,
+            GetResult::NotModified => {
+                return Err(StoreError::Backend(format!(
+                    "{key}: the store answered not-modified to a plain GET"
+                )))
+            }
+        };
+        check_cap(key, object.bytes.len() as u64, max_bytes)?;
+        Ok(object)
+    }
     /// Stream an object into `dest` (created or truncated) without holding it in memory.
     async fn download_to(&self, key: &str, dest: &Path) -> StoreResult<ObjectMeta>;
     /// The S3 client behind this store, if it is one: lets callers reach other buckets with the
@@ -107,6 +132,18 @@ pub type DynStore = Arc<dyn ObjectStore>;
 
 /// Objects fetched at once by the passes that read many source images (ingest, reindex, train).
 pub const FETCH_CONCURRENCY: usize = 16;
+
+/// [`StoreError::TooLarge`] when `size` is over `limit`.
+pub fn check_cap(key: &str, size: u64, limit: u64) -> StoreResult<()> {
+    if size > limit {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            size,
+            limit,
+        });
+    }
+    Ok(())
+}
 
 /// An unconditional `get`: the object, or an error. (A not-modified answer to a get without an
 /// etag is a backend fault, reported as one.)

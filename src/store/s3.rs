@@ -47,6 +47,56 @@ pub const DOWNLOAD_PART_SIZE: u64 = u64::MAX;
 const DOWNLOAD_CONCURRENCY: usize = 8;
 
 impl S3Store {
+    /// A GET that reads at most `max_bytes` of the body: the declared length is checked first,
+    /// then what arrives is counted (the length may be missing).
+    async fn get_within(
+        &self,
+        key: &str,
+        if_none_match: Option<&str>,
+        max_bytes: u64,
+    ) -> StoreResult<GetResult> {
+        validate_key(key)?;
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key));
+        if let Some(etag) = if_none_match {
+            req = req.if_none_match(quote_etag(etag));
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if http_status(&e) == Some(304) => return Ok(GetResult::NotModified),
+            Err(e) => return Err(map_err("get", key, e)),
+        };
+        let declared = out.content_length().unwrap_or(0).max(0) as u64;
+        super::check_cap(key, declared, max_bytes)?;
+        let etag = out.e_tag().map(unquote_etag).unwrap_or_default();
+        let metadata = to_btree(out.metadata());
+        let mut body = out.body;
+        let mut buf = bytes::BytesMut::with_capacity(declared.min(256 << 20) as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                StoreError::Backend(format!(
+                    "get {key}: reading the body: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?;
+            super::check_cap(key, (buf.len() + chunk.len()) as u64, max_bytes)?;
+            buf.extend_from_slice(&chunk);
+        }
+        let bytes = buf.freeze();
+        Ok(GetResult::Found(Object {
+            meta: ObjectMeta {
+                key: key.to_string(),
+                size: bytes.len() as u64,
+                etag,
+                metadata,
+            },
+            bytes,
+        }))
+    }
+
     /// A store over an existing client.
     pub fn new(
         client: aws_sdk_s3::Client,
@@ -202,42 +252,16 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<GetResult> {
-        validate_key(key)?;
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.s3_key(key));
-        if let Some(etag) = if_none_match {
-            req = req.if_none_match(quote_etag(etag));
+        self.get_within(key, if_none_match, u64::MAX).await
+    }
+
+    async fn get_capped(&self, key: &str, max_bytes: u64) -> StoreResult<Object> {
+        match self.get_within(key, None, max_bytes).await? {
+            GetResult::Found(o) => Ok(o),
+            GetResult::NotModified => Err(StoreError::Backend(format!(
+                "get {key}: not-modified to a plain GET"
+            ))),
         }
-        let out = match req.send().await {
-            Ok(out) => out,
-            Err(e) if http_status(&e) == Some(304) => return Ok(GetResult::NotModified),
-            Err(e) => return Err(map_err("get", key, e)),
-        };
-        let etag = out.e_tag().map(unquote_etag).unwrap_or_default();
-        let metadata = to_btree(out.metadata());
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| {
-                StoreError::Backend(format!(
-                    "get {key}: reading the body: {}",
-                    DisplayErrorContext(&e)
-                ))
-            })?
-            .into_bytes();
-        Ok(GetResult::Found(Object {
-            meta: ObjectMeta {
-                key: key.to_string(),
-                size: bytes.len() as u64,
-                etag,
-                metadata,
-            },
-            bytes,
-        }))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> StoreResult<String> {

@@ -103,6 +103,7 @@ pub(super) async fn embed(
             item: (i, views),
             store: source.clone(),
             key: dataset.examples[i].key.clone(),
+            size: 0,
         })
         .collect();
 
@@ -110,7 +111,10 @@ pub(super) async fn embed(
         views: vec![None; dataset.examples.len()],
         tally: Tally::default(),
     };
-    let mut chunks = pipeline::fetch_chunks(jobs, pipeline::CHUNK);
+    let mut chunks = pipeline::fetch_chunks(
+        jobs,
+        pipeline::FetchLimits::for_images(opts.limits.max_bytes),
+    );
     while let Some(chunk) = chunks.next().await {
         let fetched = listed_bytes(chunk, |&(i, _)| dataset.examples[i].key.clone())?;
         let (base, cache, limits, progress) =

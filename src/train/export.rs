@@ -128,11 +128,15 @@ pub(super) async fn check(
             item: (row, i),
             store: source.clone(),
             key: dataset.examples[i].key.clone(),
+            size: 0,
         })
         .collect();
     let key = |&(_, i): &(usize, usize)| dataset.examples[i].key.clone();
     let mut features = vec![0f32; eval.examples.len() * dims];
-    let mut chunks = pipeline::fetch_chunks(jobs, pipeline::CHUNK);
+    let mut chunks = pipeline::fetch_chunks(
+        jobs,
+        pipeline::FetchLimits::for_images(opts.limits.max_bytes),
+    );
     while let Some(chunk) = chunks.next().await {
         let fetched = listed_bytes(chunk, key)?;
         let (enc, limits, progress) = (encoder.clone(), opts.limits, progress.clone());

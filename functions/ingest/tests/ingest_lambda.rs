@@ -568,3 +568,57 @@ fn an_invocation_that_commits_after_a_later_change_of_its_key_does_not_undo_it()
         }
     });
 }
+
+/// An event whose `size` is missing or stale does not let a big object through: the read stops
+/// at the limit and the object is rejected on its own.
+#[test]
+fn an_object_over_the_limit_is_rejected_even_when_its_event_says_it_is_small() {
+    testkit::block_on(async {
+        let Some(env) = Env::new("stale-size").await else {
+            return;
+        };
+        let small = testkit::synthetic_jpeg(950);
+        let big = fixture("rocket.jpg");
+        assert!(big.len() > small.len() * 2, "{} {}", big.len(), small.len());
+        env.put("ok/small.jpg", small.clone()).await;
+        env.put("big/rocket.jpg", big.clone()).await;
+        let mut bodies = Vec::new();
+        for key in ["ok/small.jpg", "big/rocket.jpg"] {
+            let mut record = s3_record(true, &env.bucket, key);
+            record["s3"]["object"]["size"] = json!(1);
+            bodies.push(s3_event(vec![record]));
+        }
+        let limited = IngestFunction::new(
+            env.index_store.clone(),
+            env.tempdir(),
+            env.encoder.clone(),
+            env.client.clone(),
+            Limits {
+                max_bytes: small.len() + (big.len() - small.len()) / 2,
+                ..Limits::default()
+            },
+        );
+        let handled = limited.handle(&sqs_batch(&env.bucket, bodies)).await;
+        assert_eq!(failures(&handled.response().unwrap()), Vec::<String>::new());
+        assert_eq!(
+            (handled.summary.indexed, handled.summary.rejected),
+            (1, 1),
+            "{:?}",
+            handled.summary
+        );
+        let GetResult::Found(obj) = env
+            .index_store
+            .get(&rejected_key("big/rocket.jpg"), None)
+            .await
+            .unwrap()
+        else {
+            panic!("no rejection record");
+        };
+        let record: RejectedRecord = serde_json::from_slice(&obj.bytes).unwrap();
+        assert!(
+            record.reason.contains("over the limit"),
+            "{}",
+            record.reason
+        );
+    });
+}
