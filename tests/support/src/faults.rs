@@ -12,6 +12,8 @@ use lookalike::store::{DynStore, GetResult, ObjectMeta, ObjectStore, StoreResult
 pub trait Fault: Send + Sync + std::fmt::Debug {
     /// Before a put-if-absent of `key` (segment uploads): may hold the writer here.
     async fn before_put_if_absent(&self, _key: &str) {}
+    /// Before a put-if-match of `key` (manifest commits): may delay the writer here.
+    async fn before_put_if_match(&self, _key: &str) {}
     /// Before a `get` of `key`: an error here is returned instead of the object.
     fn before_get(&self, _key: &str) -> StoreResult<()> {
         Ok(())
@@ -33,6 +35,9 @@ pub trait Fault: Send + Sync + std::fmt::Debug {
 impl<F: Fault> Fault for std::sync::Arc<F> {
     async fn before_put_if_absent(&self, key: &str) {
         (**self).before_put_if_absent(key).await
+    }
+    async fn before_put_if_match(&self, key: &str) {
+        (**self).before_put_if_match(key).await
     }
     fn before_get(&self, key: &str) -> StoreResult<()> {
         (**self).before_get(key)
@@ -76,6 +81,7 @@ impl<F: Fault> ObjectStore for FaultyStore<F> {
         self.fault.after_conditional_put(key, written)
     }
     async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> StoreResult<String> {
+        self.fault.before_put_if_match(key).await;
         let written = self.inner.put_if_match(key, body, etag).await;
         self.fault.after_conditional_put(key, written)
     }
@@ -185,6 +191,95 @@ impl Fault for LoseManifestAnswer {
             LostAnswer::Backend => {
                 lookalike::store::StoreError::Backend("connection reset (injected)".into())
             }
+        })
+    }
+}
+
+/// Seeded random faults for the interleaving tests: short delays before every conditional put,
+/// failed manifest reads, and manifest writes that land but whose answer is lost.
+#[derive(Debug)]
+pub struct RandomFaults {
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
+    /// Chance that a manifest GET fails (a network error).
+    pub p_get_fails: f64,
+    /// Chance that a landed manifest write answers 412 or a network error anyway.
+    pub p_answer_lost: f64,
+    /// Longest delay before a conditional put, in ms.
+    pub max_delay_ms: u64,
+    /// Faults injected so far: (failed gets, lost answers).
+    pub injected: (
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    ),
+}
+
+impl RandomFaults {
+    /// Faults drawn from `seed`.
+    pub fn new(seed: u64, p_get_fails: f64, p_answer_lost: f64, max_delay_ms: u64) -> Self {
+        RandomFaults {
+            rng: std::sync::Mutex::new(rand::SeedableRng::seed_from_u64(seed)),
+            p_get_fails,
+            p_answer_lost,
+            max_delay_ms,
+            injected: Default::default(),
+        }
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        use rand::RngExt;
+        self.rng.lock().unwrap().random_bool(p)
+    }
+
+    async fn delay(&self) {
+        use rand::RngExt;
+        let ms = self.rng.lock().unwrap().random_range(0..=self.max_delay_ms);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+
+    /// (failed gets, lost answers) injected so far.
+    pub fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.injected.0.load(Relaxed), self.injected.1.load(Relaxed))
+    }
+}
+
+#[async_trait]
+impl Fault for RandomFaults {
+    async fn before_put_if_absent(&self, _key: &str) {
+        self.delay().await
+    }
+    async fn before_put_if_match(&self, _key: &str) {
+        self.delay().await
+    }
+    fn before_get(&self, key: &str) -> StoreResult<()> {
+        if key == lookalike::index::manifest::MANIFEST_KEY && self.chance(self.p_get_fails) {
+            self.injected
+                .0
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(lookalike::store::StoreError::Backend(
+                "injected: connection reset".into(),
+            ));
+        }
+        Ok(())
+    }
+    fn after_conditional_put(
+        &self,
+        key: &str,
+        written: StoreResult<String>,
+    ) -> StoreResult<String> {
+        if key != lookalike::index::manifest::MANIFEST_KEY
+            || written.is_err()
+            || !self.chance(self.p_answer_lost)
+        {
+            return written;
+        }
+        self.injected
+            .1
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(if self.chance(0.5) {
+            lookalike::store::StoreError::PreconditionFailed(key.into())
+        } else {
+            lookalike::store::StoreError::Backend("injected: answer lost".into())
         })
     }
 }
