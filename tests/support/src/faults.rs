@@ -177,21 +177,32 @@ impl Fault for LoseManifestAnswer {
         key: &str,
         written: StoreResult<String>,
     ) -> StoreResult<String> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if key != lookalike::index::manifest::MANIFEST_KEY
-            || written.is_err()
-            || !self.armed.swap(false, SeqCst)
-        {
-            return written;
-        }
-        Err(match self.answer {
-            LostAnswer::PreconditionFailed => {
-                lookalike::store::StoreError::PreconditionFailed(key.into())
-            }
-            LostAnswer::Backend => {
-                lookalike::store::StoreError::Backend("connection reset (injected)".into())
-            }
+        lose_answer(key, written, || {
+            self.armed
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+                .then_some(self.answer)
         })
+    }
+}
+
+/// `written`, or in its place the error of the [`LostAnswer`] that `lose` picks when `written`
+/// is a manifest write that landed (`lose` returns `None` to let the answer through).
+fn lose_answer(
+    key: &str,
+    written: StoreResult<String>,
+    lose: impl FnOnce() -> Option<LostAnswer>,
+) -> StoreResult<String> {
+    if key != lookalike::index::manifest::MANIFEST_KEY || written.is_err() {
+        return written;
+    }
+    match lose() {
+        None => written,
+        Some(LostAnswer::PreconditionFailed) => {
+            Err(lookalike::store::StoreError::PreconditionFailed(key.into()))
+        }
+        Some(LostAnswer::Backend) => Err(lookalike::store::StoreError::Backend(
+            "connection reset (injected)".into(),
+        )),
     }
 }
 
@@ -267,19 +278,18 @@ impl Fault for RandomFaults {
         key: &str,
         written: StoreResult<String>,
     ) -> StoreResult<String> {
-        if key != lookalike::index::manifest::MANIFEST_KEY
-            || written.is_err()
-            || !self.chance(self.p_answer_lost)
-        {
-            return written;
-        }
-        self.injected
-            .1
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Err(if self.chance(0.5) {
-            lookalike::store::StoreError::PreconditionFailed(key.into())
-        } else {
-            lookalike::store::StoreError::Backend("injected: answer lost".into())
+        lose_answer(key, written, || {
+            if !self.chance(self.p_answer_lost) {
+                return None;
+            }
+            self.injected
+                .1
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(if self.chance(0.5) {
+                LostAnswer::PreconditionFailed
+            } else {
+                LostAnswer::Backend
+            })
         })
     }
 }
