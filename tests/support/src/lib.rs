@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cli;
 pub mod faults;
 pub mod format1;
+pub mod hostile;
 pub mod lambda;
 pub mod moto;
 pub mod setup;
