@@ -14,6 +14,29 @@ export LOOKALIKE_REQUIRE_MOTO=1
 # ... and so must the end-to-end test of the Lambda binaries under cargo-lambda's emulator.
 export LOOKALIKE_REQUIRE_E2E=1
 
+# A real headless browser for the search page's tests: Debian's chromium and its WebDriver,
+# installed when missing (as root, or with passwordless sudo). Where they cannot be installed the
+# browser test says SKIPPED loudly; where they are, it must run.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo_cmd="sudo -n"
+    fi
+    if [ "$(id -u)" = 0 ] || [ -n "$sudo_cmd" ]; then
+        if command -v apt-get >/dev/null 2>&1; then
+            echo "test.sh: installing chromium and chromium-driver (apt-get)" >&2
+            $sudo_cmd apt-get update -qq >&2 || true
+            DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver >&2 \
+                || echo "test.sh: WARNING: apt-get could not install chromium; the browser test will be SKIPPED" >&2
+        fi
+    else
+        echo "test.sh: WARNING: chromium/chromedriver are missing and this user cannot install them; the browser test will be SKIPPED" >&2
+    fi
+fi
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    export LOOKALIKE_REQUIRE_BROWSER=1
+fi
+
 # The SAM template: cfn-lint (with the SAM transform) must report nothing.
 cfn-lint template.yaml
 

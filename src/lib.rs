@@ -18,7 +18,8 @@
 //! - [`train`]: fine-tuning an encoder on category folders: a trained feature layer and
 //!   discriminant directions over a frozen base model (`lookalike train`).
 //! - [`samples`]: the sample photos of the demo.
-//! - [`api`]: the HTTP search API over [`query`], as the query Lambda serves it.
+//! - [`api`]: the HTTP search API over [`query`], as the query Lambda serves it, and the page.
+//! - [`server`]: that API over a real HTTP server (`lookalike serve`).
 //! - [`lambda`]: what both Lambda functions assemble at init (environment, logging, model,
 //!   store), with a typed init error.
 
@@ -37,6 +38,7 @@ pub mod preprocess;
 pub mod query;
 pub mod reindex;
 pub mod samples;
+pub mod server;
 pub mod store;
 pub mod task;
 pub mod train;

@@ -100,7 +100,7 @@ proptest! {
                 .prop_map(String::into_bytes),
         ],
     ) {
-        let req = ApiRequest { method, path, query, content_type, body: Bytes::from(body) };
+        let req = ApiRequest { method, path, query, content_type, body: Bytes::from(body), if_none_match: None };
         if let Err(e) = req.route(1 << 20) {
             prop_assert!((400..500).contains(&e.status), "{e}");
         }

@@ -8,6 +8,8 @@
 //! | `GET /items/{key}/similar?k=&category=` | the images similar to an indexed one |
 //! | `GET /stats` | items, segments, version, model, categories |
 //! | `GET /openapi.json` | [`OPENAPI`] |
+//! | `GET /` | the search page, [`PAGE`] |
+//! | `GET /images/{key}` | an indexed image of a folder (only with [`ServiceConfig::serve_images`]) |
 //!
 //! - [`error`]: the JSON error body and the status of every failure.
 //! - [`request`]: parsing a request (path, query string, content type, body) into a [`Route`].
@@ -20,6 +22,11 @@ pub mod service;
 pub use error::ApiError;
 pub use request::{ApiRequest, Route, SearchInput, SearchParams};
 pub use service::{QueryService, ServiceConfig};
+
+/// The search page (`GET /`): one self-contained HTML file that uses the routes above through
+/// URLs relative to itself, so it works at the root of `lookalike serve` and under an API
+/// Gateway stage path alike.
+pub const PAGE: &str = include_str!("page.html");
 
 /// The OpenAPI 3 description of the API (`docs/openapi.json`).
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");

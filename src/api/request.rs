@@ -22,6 +22,8 @@ pub struct ApiRequest {
     pub content_type: Option<String>,
     /// The body (already base64-decoded).
     pub body: Bytes,
+    /// The `If-None-Match` header (`GET /images/{key}` answers 304 when it names the image).
+    pub if_none_match: Option<String>,
 }
 
 /// Number of results and the category filter of a search.
@@ -51,6 +53,10 @@ pub enum Route {
     Stats,
     /// `GET /openapi.json`.
     OpenApi,
+    /// `GET /`: the search page.
+    Page,
+    /// `GET /images/{key}`: an indexed image of a local-folder index (`lookalike serve`).
+    Image(String),
 }
 
 /// Media types accepted as a raw image body (the format itself is sniffed from the bytes).
@@ -88,6 +94,30 @@ fn check_key(key: String) -> Result<String, ApiError> {
         ));
     }
     Ok(key)
+}
+
+/// A key from a path segment: percent-decoded (an encoded slash is a slash of the key), UTF-8,
+/// and checked by [`check_key`].
+fn decode_key(raw: &str) -> Result<String, ApiError> {
+    let key = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("bad_key", "the key is not valid UTF-8"))?
+        .into_owned();
+    check_key(key)
+}
+
+/// The path of `key` under `/images/`, each segment percent-encoded (slashes stay slashes).
+pub fn image_path(key: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let encoded: Vec<String> = key
+        .split('/')
+        .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
+        .collect();
+    format!("images/{}", encoded.join("/"))
 }
 
 /// The JSON body of `POST /search`.
@@ -128,6 +158,11 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
+/// Standard base64 with padding (binary response bodies through API Gateway).
+pub fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// The media type of a `Content-Type` value, lower case, without parameters.
 pub fn media_type(content_type: &str) -> String {
     content_type
@@ -155,32 +190,34 @@ impl ApiRequest {
             }
         };
         match path {
+            "" | "/index.html" => allow("GET").map(|_| Route::Page),
             "/search" => {
                 allow("POST")?;
                 self.search(max_image_bytes)
             }
             "/stats" => allow("GET").map(|_| Route::Stats),
             "/openapi.json" => allow("GET").map(|_| Route::OpenApi),
-            _ => match path
-                .strip_prefix("/items/")
-                .and_then(|p| p.strip_suffix("/similar"))
-            {
-                Some(raw_key) if !raw_key.is_empty() => {
+            _ => {
+                if let Some(raw_key) = self.path.strip_prefix("/images/").filter(|k| !k.is_empty())
+                {
                     allow("GET")?;
-                    let key = percent_encoding::percent_decode_str(raw_key)
-                        .decode_utf8()
-                        .map_err(|_| {
-                            ApiError::bad_request("bad_key", "the key is not valid UTF-8")
-                        })?
-                        .into_owned();
-                    let key = check_key(key)?;
-                    Ok(Route::Search(SearchInput::Key(key), self.params()?))
+                    return Ok(Route::Image(decode_key(raw_key)?));
                 }
-                _ => Err(ApiError::not_found(format!(
-                    "no route for {} {}; see GET /openapi.json",
-                    self.method, self.path
-                ))),
-            },
+                match path
+                    .strip_prefix("/items/")
+                    .and_then(|p| p.strip_suffix("/similar"))
+                {
+                    Some(raw_key) if !raw_key.is_empty() => {
+                        allow("GET")?;
+                        let key = decode_key(raw_key)?;
+                        Ok(Route::Search(SearchInput::Key(key), self.params()?))
+                    }
+                    _ => Err(ApiError::not_found(format!(
+                        "no route for {} {}; see GET /openapi.json",
+                        self.method, self.path
+                    ))),
+                }
+            }
         }
     }
 
@@ -297,6 +334,7 @@ mod tests {
             query: query.into(),
             content_type: content_type.map(str::to_string),
             body: body.into(),
+            if_none_match: None,
         }
     }
 
@@ -352,6 +390,53 @@ mod tests {
                 SearchInput::Key("cats/chelsea.jpg".into()),
                 params(DEFAULT_K, None)
             )
+        );
+    }
+
+    #[test]
+    fn the_page_and_images_have_routes() {
+        assert_eq!(route(&get("/", "")), Route::Page);
+        assert_eq!(route(&get("", "")), Route::Page);
+        assert_eq!(route(&get("/index.html", "")), Route::Page);
+        assert_eq!(
+            route(&get("/images/cats/chelsea.jpg", "")),
+            Route::Image("cats/chelsea.jpg".into())
+        );
+        // An encoded slash is a slash of the key; `..` stays in the key (which no index holds).
+        assert_eq!(
+            route(&get("/images/cats%2Fa%20b.jpg", "")),
+            Route::Image("cats/a b.jpg".into())
+        );
+        assert_eq!(route(&get("/images/../x", "")), Route::Image("../x".into()));
+        assert_eq!(refusal(&get("/images/", "")).0, 404);
+        assert_eq!(refusal(&get("/images/%00", "")), (400, "bad_key"));
+        assert_eq!(refusal(&get("/images/%FF", "")), (400, "bad_key"));
+        let mut post = get("/images/a.jpg", "");
+        post.method = "POST".into();
+        assert_eq!(refusal(&post).0, 405);
+        let mut post = get("/", "");
+        post.method = "POST".into();
+        assert_eq!(refusal(&post).0, 405);
+    }
+
+    #[test]
+    fn image_paths_encode_each_segment_and_route_back_to_their_key() {
+        for key in [
+            "cats/chelsea.jpg",
+            "drinks/café au lait.jpg",
+            "a/b?c#d%e.png",
+            "x/+&=.jpg",
+        ] {
+            let path = format!("/{}", image_path(key));
+            assert!(
+                !path.contains(' ') && !path.contains('?') && !path.contains('#'),
+                "{path}"
+            );
+            assert_eq!(route(&get(&path, "")), Route::Image(key.into()), "{path}");
+        }
+        assert_eq!(
+            image_path("drinks/café au lait.jpg"),
+            "images/drinks/caf%C3%A9%20au%20lait.jpg"
         );
     }
 
@@ -417,8 +502,7 @@ mod tests {
     #[test]
     fn unknown_paths_are_404() {
         for path in [
-            "/",
-            "",
+            "/index.htm",
             "/nope",
             "/items",
             "/items/",

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use super::request::{ApiRequest, Route, SearchInput, SearchParams};
-use super::{ApiError, ApiResponse, OPENAPI};
+use super::{ApiError, ApiResponse, OPENAPI, PAGE};
 use crate::config::{env_secs, ConfigError};
 use crate::index::{Index, Snapshot};
 use crate::model::encoder::Encoder;
@@ -29,7 +29,13 @@ pub struct ServiceConfig {
     pub limits: Limits,
     /// At most this many bytes of segments in the cache (none: only the disk limits).
     pub cache_budget: Option<u64>,
+    /// Serve the images of local-folder sources at `GET /images/{key}` and link results to
+    /// them (`lookalike serve`; the query Lambda's results are in S3 and presigned).
+    pub serve_images: bool,
 }
+
+/// Largest image `GET /images/{key}` sends.
+pub const MAX_SERVED_IMAGE_BYTES: u64 = 64 << 20;
 
 /// After a sync that found no room, the manifest is not checked again for this long (doubling
 /// with every such failure, up to [`MAX_FULL_DISK_BACKOFF`]).
@@ -51,6 +57,7 @@ impl Default for ServiceConfig {
                 ..Limits::for_queries()
             },
             cache_budget: None,
+            serve_images: false,
         }
     }
 }
@@ -67,6 +74,7 @@ impl ServiceConfig {
             presign_ttl: env_secs("LOOKALIKE_PRESIGN_SECS", d.presign_ttl)?,
             limits: Limits::from_env(d.limits)?,
             cache_budget: (budget_mb > 0).then_some(budget_mb << 20),
+            serve_images: d.serve_images,
         })
     }
 }
@@ -96,9 +104,25 @@ pub struct ApiTimings {
     pub presign_ms: f64,
 }
 
+/// The indexed image a search by key was made with.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiQueryItem {
+    /// Its key.
+    pub key: String,
+    /// Its category.
+    pub category: String,
+    /// Its metadata.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Where to see it (as the results' `url`).
+    pub url: Option<String>,
+}
+
 /// The answer to a search.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiSearchResponse {
+    /// The indexed image searched with (searches by key only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<ApiQueryItem>,
     /// The results, best first.
     pub results: Vec<ApiResult>,
     /// Total time of the request.
@@ -281,7 +305,10 @@ impl QueryService {
     pub async fn handle(&self, req: &ApiRequest) -> ApiResponse {
         let start = Instant::now();
         let answer = match req.route(self.config.limits.max_bytes) {
-            Ok(route) => self.answer(route, start).await,
+            Ok(route) => {
+                self.answer(route, req.if_none_match.as_deref(), start)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let response = answer.unwrap_or_else(|e| {
@@ -306,7 +333,12 @@ impl QueryService {
         response
     }
 
-    async fn answer(&self, route: Route, start: Instant) -> Result<ApiResponse, ApiError> {
+    async fn answer(
+        &self,
+        route: Route,
+        if_none_match: Option<&str>,
+        start: Instant,
+    ) -> Result<ApiResponse, ApiError> {
         match route {
             Route::OpenApi => Ok(ApiResponse {
                 status: 200,
@@ -321,7 +353,76 @@ impl QueryService {
                 let r = self.search(input, params, start).await?;
                 Ok(ApiResponse::json(200, &r))
             }
+            Route::Page => Ok(ApiResponse {
+                status: 200,
+                headers: vec![
+                    ("content-type".into(), "text/html; charset=utf-8".into()),
+                    ("cache-control".into(), "no-cache".into()),
+                ],
+                body: PAGE.as_bytes().to_vec(),
+            }),
+            Route::Image(key) => self.image(&key, if_none_match).await,
         }
+    }
+
+    /// `GET /images/{key}`: the bytes of an indexed image of a local-folder source. Only keys
+    /// that the snapshot holds are served, read through the source's store (which refuses any
+    /// key that could leave its folder).
+    async fn image(&self, key: &str, if_none_match: Option<&str>) -> Result<ApiResponse, ApiError> {
+        if !self.config.serve_images {
+            return Err(ApiError::not_found(
+                "images are not served here: each result carries its url",
+            ));
+        }
+        let snapshot = self.snapshot().await?;
+        let record = snapshot
+            .record(key)?
+            .ok_or_else(|| ApiError::not_found(format!("no indexed image has the key {key:?}")))?;
+        if crate::store::parse_s3_location(&record.source).is_some() {
+            return Err(ApiError::not_found(
+                "this image is in S3: use the presigned url of the result",
+            ));
+        }
+        let etag = format!("\"{}\"", record.etag.trim_matches('"'));
+        let headers = |content_type: Option<&str>| {
+            let mut h = vec![
+                ("etag".to_string(), etag.clone()),
+                ("cache-control".into(), "private, max-age=300".into()),
+                ("x-content-type-options".into(), "nosniff".into()),
+            ];
+            if let Some(t) = content_type {
+                h.insert(0, ("content-type".into(), t.into()));
+            }
+            h
+        };
+        if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        {
+            return Ok(ApiResponse {
+                status: 304,
+                headers: headers(None),
+                body: Vec::new(),
+            });
+        }
+        let gone = || ApiError::not_found(format!("the image {key:?} is no longer in its folder"));
+        let store = crate::store::open(&record.source)
+            .await
+            .map_err(|e| ApiError::internal("cannot open the image folder").with_detail(e))?;
+        let object = match store.get_capped(key, MAX_SERVED_IMAGE_BYTES).await {
+            Ok(o) => o,
+            Err(crate::store::StoreError::NotFound(_)) => return Err(gone()),
+            Err(e @ crate::store::StoreError::TooLarge { .. }) => {
+                return Err(ApiError::too_large("the image is too large to serve").with_detail(e))
+            }
+            Err(e) => return Err(ApiError::internal("cannot read the image").with_detail(e)),
+        };
+        let content_type = image::guess_format(&object.bytes)
+            .map(|f| f.to_mime_type())
+            .unwrap_or("application/octet-stream");
+        Ok(ApiResponse {
+            status: 200,
+            headers: headers(Some(content_type)),
+            body: object.bytes.to_vec(),
+        })
     }
 
     /// A search from one snapshot, with presigned URLs.
@@ -332,6 +433,11 @@ impl QueryService {
         start: Instant,
     ) -> Result<ApiSearchResponse, ApiError> {
         let snapshot = self.snapshot().await?;
+        let query_key = match &input {
+            SearchInput::Key(key) => Some(key.clone()),
+            SearchInput::Image(_) => None,
+        };
+        let searched = snapshot.clone();
         let encoder = self.encoder.clone();
         let limits = self.config.limits;
         // Decoding and encoding are CPU-bound: off the async runtime. A panic in there becomes
@@ -348,9 +454,21 @@ impl QueryService {
         .await
         .map_err(|e| ApiError::internal("the search task failed").with_detail(e))??;
         let t = Instant::now();
+        let query = match query_key {
+            Some(key) => match searched.record(&key)? {
+                Some(record) => Some(ApiQueryItem {
+                    url: self.url_of(&record.source, &key).await,
+                    key,
+                    category: record.category,
+                    metadata: record.metadata,
+                }),
+                None => None,
+            },
+            None => None,
+        };
         let mut results = Vec::with_capacity(found.results.len());
         for r in found.results {
-            let url = self.presign(&r.source, &r.key).await;
+            let url = self.url_of(&r.source, &r.key).await;
             results.push(ApiResult {
                 key: r.key,
                 score: r.score,
@@ -360,6 +478,7 @@ impl QueryService {
             });
         }
         Ok(ApiSearchResponse {
+            query,
             results,
             took_ms: start.elapsed().as_secs_f64() * 1e3,
             index_version: found.index_version,
@@ -370,11 +489,17 @@ impl QueryService {
         })
     }
 
-    /// A presigned GET of `key` in `source` when that is an S3 location; `None` otherwise or
-    /// when signing fails (logged: a result without a URL beats no result).
-    async fn presign(&self, source: &str, key: &str) -> Option<String> {
+    /// Where a client can see `key` of `source`: a presigned GET in S3, `images/{key}` (relative
+    /// to the API's base) for a folder when the service serves images, `None` otherwise or when
+    /// signing fails (logged: a result without a URL beats no result).
+    async fn url_of(&self, source: &str, key: &str) -> Option<String> {
+        let Some((bucket, prefix)) = crate::store::parse_s3_location(source) else {
+            return self
+                .config
+                .serve_images
+                .then(|| super::request::image_path(key));
+        };
         let client = self.s3.as_ref()?;
-        let (bucket, prefix) = crate::store::parse_s3_location(source)?;
         let store = S3Store::new(client.clone(), bucket, prefix);
         match store.presign_get(key, self.config.presign_ttl).await {
             Ok(url) => Some(url),

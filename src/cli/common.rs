@@ -30,7 +30,8 @@ pub struct IndexLocation {
 }
 
 impl IndexLocation {
-    fn cache_dir(&self) -> PathBuf {
+    /// Where the index's segments are cached.
+    pub fn cache_dir(&self) -> PathBuf {
         self.cache.clone().unwrap_or_else(|| {
             use sha2::Digest;
             let h = hex::encode(sha2::Sha256::digest(self.index.as_bytes()));

@@ -78,21 +78,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     let query_image = first_image(&photos)?;
+    let key = query_image
+        .strip_prefix(&photos)
+        .unwrap_or(&query_image)
+        .to_string_lossy()
+        .replace('\\', "/");
     println!(
-        "\n== query: the {} most similar images to {}",
+        "\n== query: the {} images most similar to {key} (category {:?}), which is itself left out",
         args.k,
-        query_image.display()
+        lookalike::catalog::category_of(&key)
     );
+    let index = args.location.index.clone();
     search::query(QueryArgs {
-        image: Some(query_image),
-        key: None,
+        image: None,
+        key: Some(key),
         location: args.location,
         model: args.model,
         k: args.k,
         category: None,
         json: false,
     })
-    .await
+    .await?;
+    println!("\n== see it in a browser: run");
+    println!("   cargo run --quiet --bin lookalike -- serve --index {index}");
+    println!("   then open http://{}/", super::serve::DEFAULT_ADDR);
+    Ok(())
 }
 
 /// The first image (by sorted path) under `dir`: a deterministic query for the demo.

@@ -9,6 +9,7 @@ mod model;
 mod output;
 mod reindex;
 mod search;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -50,8 +51,20 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Rebuild the index with another model (re-encodes every indexed image, then swaps atomically).
     Reindex(reindex::ReindexArgs),
+    /// Serve the search API and the search page over HTTP (loopback by default).
+    Serve(serve::ServeArgs),
     /// The embedded default end to end: import the model, index sample photos, run a query.
     Demo(demo::DemoArgs),
+}
+
+impl Cli {
+    /// The log verbosity: `serve` logs a line per request, so it starts at info.
+    pub fn log_verbosity(&self) -> u8 {
+        match self.command {
+            Command::Serve(_) => self.verbose.max(1),
+            _ => self.verbose,
+        }
+    }
 }
 
 /// Logs to stderr: warnings, more with `-v`, or what `RUST_LOG` says.
@@ -66,6 +79,8 @@ pub fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -82,5 +97,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args).await,
         Command::Reindex(args) => reindex::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use lambda_http::http::{HeaderName, HeaderValue};
 use lambda_http::Body;
-use lookalike::api::request::decode_base64;
+use lookalike::api::request::{decode_base64, encode_base64};
 use lookalike::api::{ApiError, ApiRequest, ApiResponse};
 
 /// The core request for an API Gateway event: the stage prefix is removed from the path (a named
@@ -39,16 +39,31 @@ pub fn from_gateway(event: &ApiGatewayV2httpRequest) -> Result<ApiRequest, ApiEr
         Some(b) if event.is_base64_encoded => Bytes::from(decode_base64(b)?),
         Some(b) => Bytes::from(b.clone().into_bytes()),
     };
+    let if_none_match = event
+        .headers
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     Ok(ApiRequest {
         method: ctx.http.method.as_str().to_string(),
         path,
         query: event.raw_query_string.clone().unwrap_or_default(),
         content_type,
         body,
+        if_none_match,
     })
 }
 
-/// The API Gateway response for a core response (bodies are JSON text).
+/// Whether a body of this content type is text (sent as is); others go base64-encoded.
+fn is_text(content_type: Option<&str>) -> bool {
+    content_type.is_none_or(|t| {
+        let t = t.to_ascii_lowercase();
+        t.starts_with("text/") || t.starts_with("application/json")
+    })
+}
+
+/// The API Gateway response for a core response (JSON and the page as text, anything else
+/// base64-encoded).
 pub fn to_gateway(response: &ApiResponse) -> ApiGatewayV2httpResponse {
     let mut out = ApiGatewayV2httpResponse::default();
     out.status_code = i64::from(response.status);
@@ -60,9 +75,14 @@ pub fn to_gateway(response: &ApiResponse) -> ApiGatewayV2httpResponse {
             out.headers.insert(n, v);
         }
     }
-    out.body = Some(Body::Text(
-        String::from_utf8_lossy(&response.body).into_owned(),
-    ));
-    out.is_base64_encoded = false;
+    if is_text(response.header("content-type")) {
+        out.body = Some(Body::Text(
+            String::from_utf8_lossy(&response.body).into_owned(),
+        ));
+        out.is_base64_encoded = false;
+    } else {
+        out.body = Some(Body::Text(encode_base64(&response.body)));
+        out.is_base64_encoded = true;
+    }
     out
 }

@@ -303,7 +303,13 @@ fn every_endpoint_answers_from_the_events_files() {
         .unwrap();
         assert_eq!(r.body, kept);
         assert!(r.body["openapi"].as_str().unwrap().starts_with("3."));
-        for path in ["/search", "/items/{key}/similar", "/stats", "/openapi.json"] {
+        for path in [
+            "/search",
+            "/items/{key}/similar",
+            "/stats",
+            "/openapi.json",
+            "/",
+        ] {
             assert!(
                 r.body["paths"].get(path).is_some(),
                 "{path} is not documented"
@@ -322,6 +328,7 @@ fn every_endpoint_answers_from_the_events_files() {
             query: "k=1".into(),
             content_type: Some("image/jpeg".into()),
             body: Bytes::from(fixture("rocket.jpg")),
+            if_none_match: None,
         };
         let r = service.handle(&raw).await;
         assert_eq!(r.status, 200);
@@ -329,6 +336,58 @@ fn every_endpoint_answers_from_the_events_files() {
             result_keys(&r.json_body()),
             vec!["catalog/space/rocket.jpg"]
         );
+    });
+}
+
+#[test]
+fn the_page_is_served_at_the_root_of_any_stage_and_images_stay_in_s3() {
+    testkit::block_on(async {
+        let Some(env) = Env::new("page").await else {
+            return;
+        };
+        env.ingest_fixtures().await;
+        let service = env.service();
+        let mut staged = http("GET", "/prod", "", None, None);
+        staged["requestContext"]["stage"] = json!("prod");
+        let mut staged_slash = http("GET", "/prod/", "", None, None);
+        staged_slash["requestContext"]["stage"] = json!("prod");
+        for ev in [http("GET", "/", "", None, None), staged, staged_slash] {
+            let response = lookalike_query::handle(&service, ev).await;
+            assert_eq!(response.status_code, 200);
+            assert_eq!(
+                response.headers.get("content-type").unwrap(),
+                "text/html; charset=utf-8"
+            );
+            assert!(!response.is_base64_encoded);
+            match &response.body {
+                Some(Body::Text(t)) => assert_eq!(t, lookalike::api::PAGE),
+                other => panic!("expected the page, got {other:?}"),
+            }
+        }
+        // The page's searches by key name the query image, with a presigned URL like the results.
+        let r = send(
+            &service,
+            http(
+                "GET",
+                "/items/catalog/cats/chelsea.jpg/similar",
+                "k=1",
+                None,
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["query"]["key"], "catalog/cats/chelsea.jpg");
+        assert_eq!(r.body["query"]["category"], "cats");
+        let url = r.body["query"]["url"].as_str().unwrap();
+        assert!(url.contains("X-Amz-Signature"), "{url}");
+        // Images of an S3 index are not served through the function: they have presigned URLs.
+        let r = send(
+            &service,
+            http("GET", "/images/catalog/cats/chelsea.jpg", "", None, None),
+        )
+        .await;
+        assert_error(&r, 404, "not_found");
     });
 }
 

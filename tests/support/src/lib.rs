@@ -6,6 +6,8 @@
 //! - [`cli`]: running the `lookalike` binary ([`lookalike!`]) and checking how it ended.
 //! - [`lambda`]: the `events/` files as templates, and a bucket set up for the Lambda tests.
 //! - [`faults`]: a store that injects faults into a real one.
+//! - [`http`]: a minimal HTTP/1.1 client; [`serve`]: `lookalike serve` as a child process;
+//!   [`webdriver`]: a headless Chromium driven over WebDriver.
 //! - [`format1`]: indexes in the first format, as older builds wrote them.
 //! - [`bench`](mod@bench): the benchmarks' photo set, synthetic embeddings, indexes, BENCHMARKS.md.
 
@@ -16,9 +18,12 @@ pub mod cli;
 pub mod faults;
 pub mod format1;
 pub mod hostile;
+pub mod http;
 pub mod lambda;
 pub mod moto;
+pub mod serve;
 pub mod setup;
+pub mod webdriver;
 
 use std::future::Future;
 
