@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use testkit::bench::{percentile, publish};
+use testkit::bench::{images_in, percentile, publish};
 use testkit::http::Connection;
 use testkit::serve::{photo_folder, Server};
 
@@ -49,23 +49,6 @@ enum Search {
     Image(Arc<Vec<Vec<u8>>>),
 }
 
-fn encode_path(key: &str) -> String {
-    key.split('/')
-        .map(|s| {
-            s.bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 fn load(
     server: &Server,
     search: &Search,
@@ -94,7 +77,10 @@ fn load(
                             let key = &keys[i % keys.len()];
                             conn.send(
                                 "GET",
-                                &format!("/items/{}/similar?k=10", encode_path(key)),
+                                &format!(
+                                    "/items/{}/similar?k=10",
+                                    lookalike::api::request::encode_key_path(key)
+                                ),
                                 &[],
                                 &[],
                             )
@@ -170,26 +156,7 @@ fn main() {
     let stats = testkit::http::get(server.addr, "/stats").json();
     let items = stats["items"].as_u64().unwrap();
     // Keys and query images: the indexed photos themselves, in a fixed order.
-    let mut files: Vec<_> = walkdir::WalkDir::new(&photos)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_type().is_file()
-                && lookalike::catalog::is_image_name(&e.path().to_string_lossy())
-        })
-        .map(|e| e.into_path())
-        .collect();
-    files.sort();
-    let keys: Vec<String> = files
-        .iter()
-        .map(|f| {
-            f.strip_prefix(&photos)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let (keys, files): (Vec<String>, Vec<_>) = images_in(&photos).into_iter().unzip();
     let images: Arc<Vec<Vec<u8>>> = Arc::new(
         files
             .iter()

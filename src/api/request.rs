@@ -106,8 +106,8 @@ fn decode_key(raw: &str) -> Result<String, ApiError> {
     check_key(key)
 }
 
-/// The path of `key` under `/images/`, each segment percent-encoded (slashes stay slashes).
-pub fn image_path(key: &str) -> String {
+/// `key` as a URL path: each segment percent-encoded, slashes kept (what the routes decode).
+pub fn encode_key_path(key: &str) -> String {
     const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'.')
@@ -117,7 +117,12 @@ pub fn image_path(key: &str) -> String {
         .split('/')
         .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
         .collect();
-    format!("images/{}", encoded.join("/"))
+    encoded.join("/")
+}
+
+/// The path of `key` under `/images/`, relative to the API's base.
+pub fn image_path(key: &str) -> String {
+    format!("images/{}", encode_key_path(key))
 }
 
 /// The JSON body of `POST /search`.

@@ -108,19 +108,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The JPEGs of [`DATASET`] as (key relative to it, path), sorted by path.
 pub fn dataset_images() -> Vec<(String, PathBuf)> {
+    images_in(&repo_root().join(DATASET))
+}
+
+/// The JPEGs under `dir` as (key relative to it, path), sorted by path.
+pub fn images_in(dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(repo_root().join(DATASET))
+    for entry in walkdir::WalkDir::new(dir)
         .sort_by_file_name()
         .into_iter()
         .flatten()
     {
         let p = entry.path();
         if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
-            let key = p
-                .strip_prefix(repo_root().join(DATASET))
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let key = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
             out.push((key, p.to_path_buf()));
         }
     }
