@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::index::{Hit, IndexError, Snapshot};
+use crate::index::{Hit, IndexError, ItemRecord, Snapshot};
 use crate::model::encoder::{EncodeError, Encoder};
 use crate::preprocess::Limits;
 
@@ -66,6 +66,10 @@ pub struct SearchResponse {
     pub index_version: u64,
     /// Where the time went.
     pub timings: QueryTimings,
+    /// The record of the query item, for a search by key (the API shows it; the CLI's JSON
+    /// does not carry it).
+    #[serde(skip)]
+    pub query: Option<ItemRecord>,
 }
 
 /// Validate a requested k.
@@ -97,6 +101,7 @@ fn respond(
         took_ms: start.elapsed().as_secs_f64() * 1e3,
         index_version: snapshot.version(),
         timings,
+        query: None,
     }
 }
 
@@ -140,12 +145,12 @@ pub fn by_key(
 ) -> Result<SearchResponse, QueryError> {
     let start = Instant::now();
     let k = check_k(k as i64)?;
-    let (_, vector) = snapshot
+    let (record, vector) = snapshot
         .lookup(key)?
         .ok_or_else(|| QueryError::UnknownKey(key.to_string()))?;
     let hits = snapshot.search(&vector, k, category, Some(key))?;
     let search_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(respond(
+    let mut response = respond(
         snapshot,
         hits,
         start,
@@ -153,5 +158,7 @@ pub fn by_key(
             encode_ms: 0.0,
             search_ms,
         },
-    ))
+    );
+    response.query = Some(record);
+    Ok(response)
 }

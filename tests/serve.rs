@@ -12,7 +12,7 @@ use testkit::cli::ok;
 use testkit::http::{get, request};
 use testkit::lookalike;
 use testkit::serve::{photo_folder, Server};
-use testkit::webdriver::{find_browser, Browser};
+use testkit::webdriver::{find_browser, Browser, ENTER, TAB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
 
@@ -415,6 +415,56 @@ fn the_page_in_a_real_browser() {
             .all(|k| k.as_str().unwrap().starts_with("vehicles/")),
         "{shown}"
     );
+
+    // By keyboard alone: Tab from the top of the page reaches the results, and Enter on one
+    // searches for images like it.
+    b.eval(
+        "document.activeElement.blur(); window.scrollTo(0, 0);",
+        vec![],
+    )
+    .unwrap();
+    let mut tabs = 0;
+    let focused = loop {
+        b.press(&[TAB]).unwrap();
+        tabs += 1;
+        let on = b
+            .eval(
+                "const a = document.activeElement; return a && a.matches('#results a') ? a.dataset.key : null;",
+                vec![],
+            )
+            .unwrap();
+        if let Some(key) = on.as_str() {
+            break key.to_string();
+        }
+        assert!(tabs < 20, "20 presses of Tab never reached a result");
+    };
+    b.press(&[ENTER]).unwrap();
+    b.wait_for(
+        &format!(
+            "return new URLSearchParams(location.search).get('key') === {focused:?} &&
+               document.getElementById('query-caption').textContent.startsWith({focused:?});"
+        ),
+        wait,
+    )
+    .unwrap();
+
+    // A sign-in token (for an API behind a JWT authoriser) goes with every API call.
+    b.eval(
+        "sessionStorage.setItem('lookalike-token', 't0ken');
+         window.sentAuth = [];
+         const real = window.fetch;
+         window.fetch = (url, init) => { window.sentAuth.push(((init || {}).headers || {}).authorization); return real(url, init); };
+         const k = document.getElementById('k'); k.value = '2'; k.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .unwrap();
+    b.wait_for(
+        "return document.querySelectorAll('#results a').length === 2 &&
+           window.sentAuth.length > 0 && window.sentAuth.every(a => a === 'Bearer t0ken');",
+        wait,
+    )
+    .unwrap();
+
     // An unknown key in a link: the 404 in words, not an empty page.
     b.goto(&format!("{base}?key=nope.jpg")).unwrap();
     let error = b.wait_for(SHOWN_ERROR, wait).unwrap();

@@ -189,6 +189,8 @@ pub struct QueryService {
     /// How long checks wait after a sync found no room (zero when the last one had room).
     full_disk_backoff: Mutex<Duration>,
     s3: Option<aws_sdk_s3::Client>,
+    /// The folder stores `GET /images/{key}` reads from, opened once per source.
+    image_stores: Mutex<std::collections::HashMap<String, DynStore>>,
 }
 
 impl QueryService {
@@ -210,6 +212,7 @@ impl QueryService {
             last_check: Mutex::new(None),
             full_disk_backoff: Mutex::new(Duration::ZERO),
             s3,
+            image_stores: Mutex::default(),
         }
     }
 
@@ -404,9 +407,7 @@ impl QueryService {
             });
         }
         let gone = || ApiError::not_found(format!("the image {key:?} is no longer in its folder"));
-        let store = crate::store::open(&record.source)
-            .await
-            .map_err(|e| ApiError::internal("cannot open the image folder").with_detail(e))?;
+        let store = self.image_store(&record.source).await?;
         let object = match store.get_capped(key, MAX_SERVED_IMAGE_BYTES).await {
             Ok(o) => o,
             Err(crate::store::StoreError::NotFound(_)) => return Err(gone()),
@@ -425,6 +426,27 @@ impl QueryService {
         })
     }
 
+    /// The store of a folder source, opened on first use and kept.
+    async fn image_store(&self, source: &str) -> Result<DynStore, ApiError> {
+        let opened = self
+            .image_stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(source)
+            .cloned();
+        if let Some(store) = opened {
+            return Ok(store);
+        }
+        let store = crate::store::open(source)
+            .await
+            .map_err(|e| ApiError::internal("cannot open the image folder").with_detail(e))?;
+        self.image_stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(source.to_string(), store.clone());
+        Ok(store)
+    }
+
     /// A search from one snapshot, with presigned URLs.
     pub async fn search(
         &self,
@@ -433,16 +455,12 @@ impl QueryService {
         start: Instant,
     ) -> Result<ApiSearchResponse, ApiError> {
         let snapshot = self.snapshot().await?;
-        let query_key = match &input {
-            SearchInput::Key(key) => Some(key.clone()),
-            SearchInput::Image(_) => None,
-        };
-        let searched = snapshot.clone();
         let encoder = self.encoder.clone();
         let limits = self.config.limits;
-        // Decoding and encoding are CPU-bound: off the async runtime. A panic in there becomes
-        // a 500, not a dead process.
-        let found: SearchResponse = task::blocking(move || {
+        // Decoding and encoding are CPU-bound: off the async runtime, on one thread per core
+        // however many requests wait (see `task::compute`). A panic in there becomes a 500,
+        // not a dead process.
+        let found: SearchResponse = task::compute(move || {
             let category = params.category.as_deref();
             match input {
                 SearchInput::Image(bytes) => {
@@ -454,16 +472,13 @@ impl QueryService {
         .await
         .map_err(|e| ApiError::internal("the search task failed").with_detail(e))??;
         let t = Instant::now();
-        let query = match query_key {
-            Some(key) => match searched.record(&key)? {
-                Some(record) => Some(ApiQueryItem {
-                    url: self.url_of(&record.source, &key).await,
-                    key,
-                    category: record.category,
-                    metadata: record.metadata,
-                }),
-                None => None,
-            },
+        let query = match found.query {
+            Some(record) => Some(ApiQueryItem {
+                url: self.url_of(&record.source, &record.key).await,
+                key: record.key,
+                category: record.category,
+                metadata: record.metadata,
+            }),
             None => None,
         };
         let mut results = Vec::with_capacity(found.results.len());

@@ -13,6 +13,11 @@ use crate::http;
 /// The key of an element reference in WebDriver answers.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// The W3C WebDriver code of the Tab key, for [`Browser::press`].
+pub const TAB: &str = "\u{E004}";
+/// The W3C WebDriver code of the Enter key.
+pub const ENTER: &str = "\u{E007}";
+
 /// Where Chromium and its driver are, if both are installed.
 pub fn find_browser() -> Option<(PathBuf, PathBuf)> {
     let which = |names: &[&str]| {
@@ -172,6 +177,22 @@ impl Browser {
             "POST",
             &format!("/element/{id}/value"),
             Some(json!({ "text": text })),
+        )
+        .map(|_| ())
+    }
+
+    /// Press and release each key in turn, as a keyboard would, on whatever has the focus (W3C
+    /// key codes: `TAB`, `ENTER`).
+    pub fn press(&self, keys: &[&str]) -> Result<(), String> {
+        let mut actions = Vec::new();
+        for k in keys {
+            actions.push(json!({ "type": "keyDown", "value": k }));
+            actions.push(json!({ "type": "keyUp", "value": k }));
+        }
+        self.session_call(
+            "POST",
+            "/actions",
+            Some(json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": actions }] })),
         )
         .map(|_| ())
     }
