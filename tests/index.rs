@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use lookalike::index::lease::Lease;
 use lookalike::index::manifest::{segment_key, Manifest, MANIFEST_KEY};
 use lookalike::index::segment::{BuildParams, ItemRecord, SearchParams};
 use lookalike::index::writer::{self, CompactionPolicy, Deletion};
@@ -766,11 +767,77 @@ async fn uncommitted_segment_is_invisible_and_collected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leased_segment_is_kept_until_its_lease_ends() {
+    for (name, store) in stores().await {
+        let index = open(&store).await;
+        let mut rng = StdRng::seed_from_u64(8);
+        writer::append(
+            &index,
+            &model(),
+            vec![item("a/1.jpg", "e", random_vec(&mut rng))],
+            &[],
+            BuildParams::default(),
+        )
+        .await
+        .unwrap();
+        let upload = |key: &'static str, rng: &mut StdRng| {
+            let items = vec![item(key, "e", random_vec(rng))];
+            let index = &index;
+            async move {
+                writer::build_and_upload(index, &model(), items, 0, BuildParams::default())
+                    .await
+                    .unwrap()
+                    .entry
+                    .name
+            }
+        };
+        let no_grace = writer::GcPolicy::uniform(Duration::ZERO);
+        // Released: the segment is an ordinary orphan again.
+        let lease = Lease::take(store.clone(), "test", Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let held = upload("a/2.jpg", &mut rng).await;
+        lease.hold([held.clone()]).await.unwrap();
+        assert!(
+            writer::gc(&index, no_grace).await.unwrap().is_empty(),
+            "{name}"
+        );
+        lease.release().await.unwrap();
+        assert_eq!(
+            writer::gc(&index, no_grace).await.unwrap(),
+            [held],
+            "{name}"
+        );
+        // Not renewed (its holder died): once it expires, its segments go, and so does it.
+        let lease = Lease::take(store.clone(), "test", Duration::from_millis(300))
+            .await
+            .unwrap();
+        let held = upload("a/3.jpg", &mut rng).await;
+        lease.hold([held.clone()]).await.unwrap();
+        let key = lease.key().to_string();
+        drop(lease);
+        assert!(
+            writer::gc(&index, no_grace).await.unwrap().is_empty(),
+            "{name}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            writer::gc(&index, no_grace).await.unwrap(),
+            [held],
+            "{name}"
+        );
+        assert!(store.head(&key).await.unwrap().is_none(), "{name}: {key}");
+        assert_eq!(index.refresh().await.unwrap().live_items(), 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_manifest_format_is_refused() {
     for (name, store) in stores().await {
         let mut m: serde_json::Value =
             serde_json::from_slice(&Manifest::new(model()).to_bytes()).unwrap();
-        m["format"] = 3.into();
+        let next = lookalike::index::manifest::FORMAT_VERSION + 1;
+        m["format"] = next.into();
         store
             .put(MANIFEST_KEY, Bytes::from(serde_json::to_vec(&m).unwrap()))
             .await
@@ -782,12 +849,15 @@ async fn unknown_manifest_format_is_refused() {
         assert!(
             matches!(
                 err,
-                IndexError::Manifest(ManifestError::UnknownFormat { found: 3 })
+                IndexError::Manifest(ManifestError::UnknownFormat { found }) if found == next as u64
             ),
             "{name}: {err}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("format version 3"), "{name}: {msg}");
+        assert!(
+            msg.contains(&format!("format version {next}")),
+            "{name}: {msg}"
+        );
         assert!(msg.contains("lookalike index"), "{name}: {msg}");
     }
 }
@@ -1190,7 +1260,7 @@ async fn first_format_indexes_are_read_and_compacted_into_the_new_format() {
         .collect();
     let queries: Vec<Vec<f32>> = (0..10).map(|_| wide_vec(&mut rng)).collect();
     assert!(recall(&index, &live, &queries) >= 0.9);
-    // New items go into a compact segment beside the old ones; the manifest is now format 2.
+    // New items go into a compact segment beside the old ones; the manifest is now in the current format.
     let extra = vec![item("c1/new.jpg", "new", wide_vec(&mut rng))];
     writer::append(&index, &wide(), extra.clone(), &[], BuildParams::default())
         .await

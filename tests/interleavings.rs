@@ -74,7 +74,7 @@ async fn run_seed(seed: u64, base: DynStore) -> String {
     let mut arrival = ops.clone();
     arrival.shuffle(&mut rng);
     let queue = Arc::new(Mutex::new(VecDeque::from(arrival)));
-    let faults = Arc::new(RandomFaults::new(seed, 0.05, 0.1, 3));
+    let faults = Arc::new(RandomFaults::new(seed, 0.05, 0.1, 0.05, 3));
     let store: DynStore = Arc::new(FaultyStore {
         inner: base.clone(),
         fault: faults.clone(),
@@ -215,10 +215,10 @@ async fn run_seed(seed: u64, base: DynStore) -> String {
     unique.sort();
     unique.dedup();
     assert_eq!(keys.len(), unique.len(), "seed {seed}: a key is live twice");
-    let (failed_gets, lost) = faults.counts();
+    let (failed_gets, lost, conflicts) = faults.counts();
     format!(
         "seed {seed}: {OPS} changes of {KEYS} keys by {WRITERS} writers, {} commits, {} retried \
-         batches, {} compactions, {failed_gets} failed manifest reads, {lost} lost answers; \
+         batches, {} compactions, {failed_gets} failed manifest reads, {lost} lost answers, {conflicts} 409s; \
          {live} keys live, all as expected",
         tally.commits.load(Ordering::Relaxed),
         tally.retries.load(Ordering::Relaxed),

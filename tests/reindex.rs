@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use lookalike::catalog::MetadataTable;
+use lookalike::index::lease::LEASES_PREFIX;
 use lookalike::index::manifest::{Manifest, MANIFEST_KEY, SEGMENTS_PREFIX};
 use lookalike::index::segment::{BuildParams, ItemRecord};
 use lookalike::index::writer;
@@ -423,6 +424,21 @@ async fn concurrent_ingest_and_delete_are_not_lost() {
         assert_eq!(first_segments.len(), 3, "{name}: 5 items, 2 per segment");
         assert_eq!(w.stored_manifest().await.0, between, "{name}: unchanged");
 
+        // A gc now, even one that gives orphans no grace at all, leaves the uploaded segments
+        // alone: the reindex holds them with a lease until it commits, however long it runs.
+        let leases = || async { w.index_store.list(LEASES_PREFIX).await.unwrap().len() };
+        assert_eq!(leases().await, 1, "{name}");
+        let removed = writer::gc(
+            &other.index,
+            writer::GcPolicy::uniform(std::time::Duration::ZERO),
+        )
+        .await
+        .unwrap();
+        assert!(
+            first_segments.iter().all(|s| !removed.contains(s)),
+            "{name}: gc took a leased segment: {removed:?}"
+        );
+
         // Re-read: only the new image is left to encode.
         job.reread().await.unwrap();
         assert_eq!(job.manifest_version(), between.version);
@@ -439,6 +455,11 @@ async fn concurrent_ingest_and_delete_are_not_lost() {
         assert!(report.segments.contains(&first_segments[1]), "{name}");
         assert!(report.segments.contains(&first_segments[2]), "{name}");
         assert_eq!(report.segments.len(), 3, "{name}");
+        assert_eq!(
+            leases().await,
+            0,
+            "{name}: the lease is released at the commit"
+        );
 
         let (stored, _) = w.stored_manifest().await;
         assert_eq!(stored.model, b.model_ref());

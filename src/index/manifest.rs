@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::ModelRef;
 
 /// The manifest format this build writes. Format 2 may list segments of the compact format 2
-/// (int8 + sign codes), which builds that read only format 1 cannot open.
-pub const FORMAT_VERSION: u32 = 2;
+/// (int8 + sign codes), which builds that read only format 1 cannot open. Format 3 adds
+/// `tombstones` and the segment entries' `hidden` (changes ordered by S3 sequencer): a build that
+/// read them as format 2 would ignore both and serve stale uploads, so it refuses them instead.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest manifest format this build reads (format 1: full-precision segments only; they
 /// stay readable, and `lookalike compact --all` rewrites them in the compact format).
 pub const OLDEST_FORMAT: u32 = 1;
@@ -58,6 +60,11 @@ pub struct Manifest {
     /// and is hidden instead of resurrecting the key. Kept [`TOMBSTONE_RETENTION_MS`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tombstones: BTreeMap<String, Tombstone>,
+    /// When the commit that wrote this manifest was made (ms since the Unix epoch; absent in
+    /// manifests written before it was recorded). For people (`lookalike status`), not for
+    /// ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_ms: Option<u64>,
 }
 
 /// A deletion's place in S3's order of its key's changes.
@@ -133,6 +140,7 @@ impl Manifest {
             retired: BTreeMap::new(),
             commits: Vec::new(),
             tombstones: BTreeMap::new(),
+            committed_ms: None,
         }
     }
 

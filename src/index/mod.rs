@@ -11,9 +11,13 @@
 //! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
 //! - [`maintain`]: compaction rounds and garbage collection as one unattended run.
 //! - [`sequencer`]: S3's order of the changes of one key.
+//! - [`lease`]: leases that keep a long writer's uploaded segments from `gc` until it commits.
+//! - [`clock`]: the milliseconds of segment names, retirements, leases and commits.
 
 pub mod cache;
+pub mod clock;
 pub mod ivf;
+pub mod lease;
 pub mod maintain;
 pub mod manifest;
 pub mod quant;

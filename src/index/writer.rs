@@ -3,7 +3,7 @@
 //! re-reads the manifest and retries; segments are uploaded before the commit, so a writer that
 //! dies in between leaves only an unlisted file that [`gc`] removes later.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::RngExt;
@@ -41,13 +41,7 @@ pub struct Commit {
     pub skipped_deletions: Vec<String>,
 }
 
-/// Milliseconds since the Unix epoch (the clock of segment names and retirements).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
+pub use super::clock::now_ms;
 
 /// A new segment name: creation time (for garbage collection) and randomness (uniqueness).
 fn new_segment_name() -> String {
@@ -146,6 +140,7 @@ async fn try_commit(
         return Ok(Attempt::Done(Box::new(manifest), false));
     }
     manifest.record_commit(id);
+    manifest.committed_ms = Some(now_ms());
     match put_manifest(store, manifest.to_bytes().into(), etag.as_deref()).await {
         Ok(true) => Ok(Attempt::Done(Box::new(manifest), true)),
         Ok(false) => Ok(Attempt::Lost),
@@ -196,7 +191,11 @@ pub async fn swap_manifest(
     etag: &str,
     manifest: &Manifest,
 ) -> Result<bool, IndexError> {
-    let body = manifest.to_bytes();
+    let body = Manifest {
+        committed_ms: Some(now_ms()),
+        ..manifest.clone()
+    }
+    .to_bytes();
     Manifest::from_bytes(&body)?;
     put_manifest(store, body.into(), Some(etag)).await
 }
@@ -627,7 +626,8 @@ pub struct GcPolicy {
     /// a container between checks) may still fetch it.
     pub retired: Duration,
     /// A segment no manifest ever listed (uploaded by a writer that died or has not committed
-    /// yet, e.g. a reindex still running) is deleted this long after it was created.
+    /// yet) is deleted this long after it was created, unless a live lease holds it (a reindex
+    /// holds its segments until its commit, however long it runs: see [`super::lease`]).
     pub orphans: Duration,
 }
 
@@ -655,9 +655,12 @@ impl Default for GcPolicy {
 /// [`GcPolicy`]), and drop the deleted ones from the manifest's retired list. Returns the
 /// deleted names.
 pub async fn gc(index: &Index, policy: GcPolicy) -> Result<Vec<String>, IndexError> {
-    // List first, then read the manifest: a segment that leaves the manifest in between is then
-    // already among the retired ones (a segment is forgotten only after its file is deleted).
+    // List first, then the leases, then the manifest: a segment that leaves the manifest in
+    // between is then already among the retired ones (a segment is forgotten only after its file
+    // is deleted), and one whose lease is released in between (after its commit) is listed by
+    // the manifest read after it.
     let objects = index.store().list(SEGMENTS_PREFIX).await?;
+    let (leased, dead_leases) = super::lease::read_leases(index.store(), policy.orphans).await?;
     let manifest = match get_object(index.store().as_ref(), MANIFEST_KEY).await {
         Ok(o) => Manifest::from_bytes(&o.bytes)?,
         Err(StoreError::NotFound(_)) => return Ok(Vec::new()),
@@ -672,6 +675,10 @@ pub async fn gc(index: &Index, policy: GcPolicy) -> Result<Vec<String>, IndexErr
         if manifest.segments.iter().any(|s| s.name == name) {
             continue;
         }
+        if leased.contains(name) && !manifest.retired.contains_key(name) {
+            present.insert(name.to_string());
+            continue;
+        }
         let expired = match manifest.retired.get(name) {
             Some(&t) => age(t) >= policy.retired,
             // An unparsable name is none of ours: only an old one is removed.
@@ -683,6 +690,9 @@ pub async fn gc(index: &Index, policy: GcPolicy) -> Result<Vec<String>, IndexErr
         } else {
             present.insert(name.to_string());
         }
+    }
+    for key in dead_leases {
+        index.store().delete(&key).await?;
     }
     // Forget retirements whose file is gone (deleted now, or earlier by another gc).
     let forget: Vec<String> = manifest

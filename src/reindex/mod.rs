@@ -30,7 +30,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::index::manifest::Manifest;
+use crate::index::lease::{Lease, LEASE_TTL};
+use crate::index::manifest::{segment_key, Manifest};
 use crate::index::segment::{BuildParams, ItemRecord};
 use crate::index::writer::{self, BuiltSegment};
 use crate::index::{Index, IndexError, Snapshot};
@@ -175,6 +176,7 @@ impl Reindexer {
             missing: HashSet::new(),
             modified: BTreeSet::new(),
             built: Vec::new(),
+            lease: None,
             attempts: 0,
             encoded: 0,
         }))
@@ -210,6 +212,8 @@ pub struct ReindexJob<'a> {
     missing: HashSet<Version>,
     modified: BTreeSet<String>,
     built: Vec<Built>,
+    /// Holds `built` against `gc` until the commit (taken with the first upload).
+    lease: Option<Box<Lease>>,
     attempts: usize,
     encoded: usize,
 }
@@ -276,6 +280,26 @@ impl ReindexJob<'_> {
             .filter(|r| !self.missing.contains(&version_of(r)))
             .map(|r| (r.key.as_str(), r))
             .collect();
+        // A segment of an earlier attempt that is gone (its lease lapsed, say while the network
+        // was down, and gc took it) is rebuilt.
+        let mut kept = Vec::with_capacity(self.built.len());
+        for b in std::mem::take(&mut self.built) {
+            let key = segment_key(&b.segment.entry.name);
+            if self
+                .r
+                .index
+                .store()
+                .head(&key)
+                .await
+                .map_err(IndexError::from)?
+                .is_some()
+            {
+                kept.push(b);
+            } else {
+                tracing::warn!(segment = %b.segment.entry.name, "an uploaded segment is gone; building it again");
+            }
+        }
+        self.built = kept;
         // Keep the segments whose items are all still live, as they were; rebuild the others.
         self.built.retain(|b| {
             b.items
@@ -294,6 +318,11 @@ impl ReindexJob<'_> {
             .collect();
         let new_source = self.sources.replacement();
         let mut new_built = Vec::new();
+        if !rest.is_empty() && self.lease.is_none() {
+            self.lease = Some(Box::new(
+                Lease::take(self.r.index.store().clone(), "lookalike reindex", LEASE_TTL).await?,
+            ));
+        }
         for group in rest.chunks(self.r.segment_items.max(1)) {
             let mut items = Vec::with_capacity(group.len());
             for r in group {
@@ -309,6 +338,9 @@ impl ReindexJob<'_> {
             let segment =
                 writer::build_and_upload(&self.r.index, &self.new_model, items, 0, self.r.build)
                     .await?;
+            if let Some(lease) = &self.lease {
+                lease.hold([segment.entry.name.clone()]).await?;
+            }
             new_built.push(Built {
                 segment,
                 items: group.iter().map(|r| version_of(r)).collect(),
@@ -352,6 +384,11 @@ impl ReindexJob<'_> {
         }
 
         // Committed. The rest only saves downloads: failures are logged, not returned.
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "cannot release the segment lease (it expires by itself)");
+            }
+        }
         for b in std::mem::take(&mut self.built) {
             if let Err(e) = b.segment.install(&self.r.index) {
                 tracing::warn!(error = %e, "cannot move a new segment into the cache");

@@ -12,8 +12,11 @@ use lookalike::store::{DynStore, GetResult, ObjectMeta, ObjectStore, StoreResult
 pub trait Fault: Send + Sync + std::fmt::Debug {
     /// Before a put-if-absent of `key` (segment uploads): may hold the writer here.
     async fn before_put_if_absent(&self, _key: &str) {}
-    /// Before a put-if-match of `key` (manifest commits): may delay the writer here.
-    async fn before_put_if_match(&self, _key: &str) {}
+    /// Before a put-if-match of `key` (manifest commits): may delay the writer here; an error
+    /// here is returned instead of writing (S3's 409 ConditionalRequestConflict: nothing landed).
+    async fn before_put_if_match(&self, _key: &str) -> StoreResult<()> {
+        Ok(())
+    }
     /// Before a `get` of `key`: an error here is returned instead of the object.
     fn before_get(&self, _key: &str) -> StoreResult<()> {
         Ok(())
@@ -36,7 +39,7 @@ impl<F: Fault> Fault for std::sync::Arc<F> {
     async fn before_put_if_absent(&self, key: &str) {
         (**self).before_put_if_absent(key).await
     }
-    async fn before_put_if_match(&self, key: &str) {
+    async fn before_put_if_match(&self, key: &str) -> StoreResult<()> {
         (**self).before_put_if_match(key).await
     }
     fn before_get(&self, key: &str) -> StoreResult<()> {
@@ -81,7 +84,7 @@ impl<F: Fault> ObjectStore for FaultyStore<F> {
         self.fault.after_conditional_put(key, written)
     }
     async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> StoreResult<String> {
-        self.fault.before_put_if_match(key).await;
+        self.fault.before_put_if_match(key).await?;
         let written = self.inner.put_if_match(key, body, etag).await;
         self.fault.after_conditional_put(key, written)
     }
@@ -207,7 +210,8 @@ fn lose_answer(
 }
 
 /// Seeded random faults for the interleaving tests: short delays before every conditional put,
-/// failed manifest reads, and manifest writes that land but whose answer is lost.
+/// failed manifest reads, manifest writes refused with S3's 409 (a conflicting conditional
+/// write: nothing lands), and manifest writes that land but whose answer is lost.
 #[derive(Debug)]
 pub struct RandomFaults {
     rng: std::sync::Mutex<rand::rngs::StdRng>,
@@ -215,10 +219,13 @@ pub struct RandomFaults {
     pub p_get_fails: f64,
     /// Chance that a landed manifest write answers 412 or a network error anyway.
     pub p_answer_lost: f64,
+    /// Chance that a manifest write is refused with 409 ConditionalRequestConflict.
+    pub p_conflict: f64,
     /// Longest delay before a conditional put, in ms.
     pub max_delay_ms: u64,
-    /// Faults injected so far: (failed gets, lost answers).
+    /// Faults injected so far: (failed gets, lost answers, 409s).
     pub injected: (
+        std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
     ),
@@ -226,11 +233,18 @@ pub struct RandomFaults {
 
 impl RandomFaults {
     /// Faults drawn from `seed`.
-    pub fn new(seed: u64, p_get_fails: f64, p_answer_lost: f64, max_delay_ms: u64) -> Self {
+    pub fn new(
+        seed: u64,
+        p_get_fails: f64,
+        p_answer_lost: f64,
+        p_conflict: f64,
+        max_delay_ms: u64,
+    ) -> Self {
         RandomFaults {
             rng: std::sync::Mutex::new(rand::SeedableRng::seed_from_u64(seed)),
             p_get_fails,
             p_answer_lost,
+            p_conflict,
             max_delay_ms,
             injected: Default::default(),
         }
@@ -247,10 +261,14 @@ impl RandomFaults {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 
-    /// (failed gets, lost answers) injected so far.
-    pub fn counts(&self) -> (usize, usize) {
+    /// (failed gets, lost answers, 409s) injected so far.
+    pub fn counts(&self) -> (usize, usize, usize) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.injected.0.load(Relaxed), self.injected.1.load(Relaxed))
+        (
+            self.injected.0.load(Relaxed),
+            self.injected.1.load(Relaxed),
+            self.injected.2.load(Relaxed),
+        )
     }
 }
 
@@ -259,8 +277,17 @@ impl Fault for RandomFaults {
     async fn before_put_if_absent(&self, _key: &str) {
         self.delay().await
     }
-    async fn before_put_if_match(&self, _key: &str) {
-        self.delay().await
+    async fn before_put_if_match(&self, key: &str) -> StoreResult<()> {
+        self.delay().await;
+        if key == lookalike::index::manifest::MANIFEST_KEY && self.chance(self.p_conflict) {
+            self.injected
+                .2
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(lookalike::store::StoreError::PreconditionFailed(
+                "injected: 409 ConditionalRequestConflict".into(),
+            ));
+        }
+        Ok(())
     }
     fn before_get(&self, key: &str) -> StoreResult<()> {
         if key == lookalike::index::manifest::MANIFEST_KEY && self.chance(self.p_get_fails) {
