@@ -6,6 +6,7 @@
 //! - [`digest`]: sha256 of bytes, readers and files (ETags, segment checksums).
 //! - [`task`]: CPU work off the async runtime, with a typed error for a failed task.
 //! - [`store`]: the object store (local directory or S3) that images and the index live in.
+//! - [`queue`]: the ingest queue (SQS): batched sends with retries, receives, counts.
 //! - [`preprocess`]: image decoding under limits and conversion to the encoder's input tensor.
 //! - [`model`]: model cards, the ONNX encoder (tract), the import of the default model and the
 //!   graph of a fine-tuned one.
@@ -15,6 +16,8 @@
 //!   and its writer (append, delete, compaction, gc).
 //! - [`ingest`] and [`query`]: the operations, as plain functions over the above.
 //! - [`reindex`]: rebuilding an index with another model, swapped in atomically.
+//! - [`backfill`] and [`status`]: operating a deployment: existing objects of a bucket sent to
+//!   the ingest queue as notifications; the index, its rejections and the queues at a glance.
 //! - [`train`]: fine-tuning an encoder on category folders: a trained feature layer and
 //!   discriminant directions over a frozen base model (`lookalike train`).
 //! - [`samples`]: the sample photos of the demo.
@@ -26,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backfill;
 pub mod catalog;
 pub mod config;
 pub mod digest;
@@ -36,9 +40,11 @@ pub mod model;
 pub mod pipeline;
 pub mod preprocess;
 pub mod query;
+pub mod queue;
 pub mod reindex;
 pub mod samples;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod task;
 pub mod train;

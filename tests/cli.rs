@@ -100,11 +100,108 @@ fn index_query_stats_delete_compact() {
     assert_eq!(v["items"], 2);
     assert_eq!(v["stored_items"], 2);
     assert_eq!(v["deletions"], 0);
+
+    // status: from the manifest alone; the broken photo's rejection record is counted.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(lookalike!(dir.path(), &["status", "--json"]))).unwrap();
+    assert_eq!(v["index"]["exists"], true, "{v}");
+    assert_eq!(v["index"]["segments"], 1, "{v}");
+    assert_eq!(v["index"]["items_stored"], 2, "{v}");
+    assert!(v["index"]["last_commit_age_secs"].as_f64().unwrap() < 600.0);
+    let out = ok(lookalike!(dir.path(), &["status"]));
+    assert!(out.contains("1 segments, 2 items stored"), "{out}");
+}
+
+/// `backfill`, `status` and `redrive` as an operator runs them, against moto's S3 and SQS.
+#[test]
+fn backfill_status_and_redrive_from_the_command_line() {
+    let Some(moto) = MotoServer::shared() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bucket = unique_bucket("cli-backfill");
+    let (queue, dlq) = rt.block_on(async {
+        moto.create_bucket(&bucket).await;
+        let images = S3Store::new(moto.client(), &bucket, "");
+        for key in [
+            "photos/a.jpg",
+            "photos/b c.jpg",
+            "photos/sub/d.jpg",
+            "other/e.jpg",
+        ] {
+            images
+                .put(key, testkit::synthetic_jpeg(key.len() as u64).into())
+                .await
+                .unwrap();
+        }
+        let dlq = moto.create_queue(&format!("{bucket}-dlq"), 30, None).await;
+        let queue = moto
+            .create_queue(&format!("{bucket}-q"), 30, Some((&dlq, 3)))
+            .await;
+        (queue, dlq)
+    });
+    let env = moto.env_vars();
+    let dir = testkit::tempdir();
+    let source = format!("s3://{bucket}/photos");
+    let out = ok(lookalike!(
+        dir.path(),
+        &["backfill", &source, "--dry-run"],
+        &env
+    ));
+    assert!(
+        out.contains("3 objects listed") && out.contains("3 would enqueue"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(lookalike!(
+        dir.path(),
+        &["backfill", &source, "--queue", &queue, "--json"],
+        &env
+    )))
+    .unwrap();
+    assert_eq!(v["enqueued"], 3, "{v}");
+    assert_eq!(v["resume_after"], "photos/sub/d.jpg", "{v}");
+
+    // A message in the dead-letter queue, as a failing ingest would leave it.
+    rt.block_on(async {
+        let q = lookalike::queue::Queue::new(moto.sqs_client(), &dlq);
+        assert!(q.send_batch(&["{}".to_string()]).await.is_empty());
+    });
+    let index = format!("s3://{bucket}/index");
+    let v: serde_json::Value = serde_json::from_str(&ok(lookalike!(
+        dir.path(),
+        &["status", "--index", &index, "--queue", &queue, "--dlq", &dlq, "--json"],
+        &env
+    )))
+    .unwrap();
+    assert_eq!(v["index"]["exists"], false, "{v}");
+    assert_eq!(v["queue"]["visible"], 3, "{v}");
+    assert_eq!(v["dlq"]["visible"], 1, "{v}");
+    let out = ok(lookalike!(
+        dir.path(),
+        &["redrive", "--dlq", &dlq, "--queue", &queue],
+        &env
+    ));
+    assert!(out.contains("moved 1 messages"), "{out}");
+    let out = ok(lookalike!(
+        dir.path(),
+        &["status", "--index", &index, "--queue", &queue, "--dlq", &dlq],
+        &env
+    ));
+    assert!(out.contains("nothing committed yet"), "{out}");
+    assert!(out.contains(": 4 visible"), "{out}");
+    assert!(out.contains(": 0 visible"), "{out}");
 }
 
 #[test]
 fn clear_errors() {
     let dir = testkit::tempdir();
+    let e = failed(lookalike!(
+        dir.path(),
+        &["backfill", "photos/", "--dry-run"]
+    ));
+    assert!(e.contains("is not an s3://bucket/prefix location"), "{e}");
+    let e = failed(lookalike!(dir.path(), &["backfill", "s3://b/photos"]));
+    assert!(e.contains("--queue"), "{e}");
     let e = failed(lookalike!(dir.path(), &["index", "no-such-folder"]));
     assert!(e.contains("no-such-folder is not a folder"), "{e}");
     let e = failed(lookalike!(

@@ -6,6 +6,7 @@ mod demo;
 mod indexing;
 mod maintenance;
 mod model;
+mod ops;
 mod output;
 mod reindex;
 mod search;
@@ -53,6 +54,13 @@ pub enum Command {
     Reindex(reindex::ReindexArgs),
     /// Serve the search API and the search page over HTTP (loopback by default).
     Serve(serve::ServeArgs),
+    /// Send the images already under an S3 prefix to the ingest queue, for the deployed
+    /// ingest function to index.
+    Backfill(ops::BackfillArgs),
+    /// What the pipeline is doing: the index's manifest, rejected objects, the queues.
+    Status(ops::StatusArgs),
+    /// Move messages from the ingest dead-letter queue back to the ingest queue.
+    Redrive(ops::RedriveArgs),
     /// The embedded default end to end: import the model, index sample photos, run a query.
     Demo(demo::DemoArgs),
 }
@@ -98,5 +106,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reindex(args) => reindex::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Backfill(args) => ops::backfill_run(args).await,
+        Command::Status(args) => ops::status(args).await,
+        Command::Redrive(args) => ops::redrive(args).await,
     }
 }

@@ -182,6 +182,47 @@ impl S3Store {
         }
     }
 
+    /// One page (at most `max` keys, at most 1000) of the objects whose keys start with `prefix`
+    /// and sort after `start_after` (both relative to the store's prefix), in key order, and
+    /// whether S3 has more. Keys are returned as they are, valid store keys or not; the next
+    /// page starts after the last key of this one. For listings too long to hold at once.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: i32,
+    ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+        let root = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{root}{prefix}"))
+            .set_start_after(start_after.map(|k| format!("{root}{k}")))
+            .max_keys(max.clamp(1, 1000))
+            .send()
+            .await
+            .map_err(|e| map_err("list", prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|obj| {
+                let key = obj.key()?.strip_prefix(&root)?;
+                Some(ObjectMeta {
+                    key: key.to_string(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    etag: obj.e_tag().map(unquote_etag).unwrap_or_default(),
+                    metadata: BTreeMap::new(),
+                })
+            })
+            .collect();
+        Ok((objects, out.is_truncated().unwrap_or(false)))
+    }
+
     /// A presigned GET URL for `key`, valid for `expires` (at most 7 days).
     pub async fn presign_get(&self, key: &str, expires: Duration) -> StoreResult<String> {
         validate_key(key)?;

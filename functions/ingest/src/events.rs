@@ -224,6 +224,37 @@ mod tests {
     }
 
     #[test]
+    fn a_backfill_message_reads_as_the_notification_of_a_put() {
+        let objects = [lookalike::store::ObjectMeta {
+            key: "photos/a cat+1 ü.jpg".into(),
+            size: 1234,
+            etag: "abc".into(),
+            metadata: Default::default(),
+        }];
+        let body = lookalike::backfill::notification("b", &objects);
+        let ev = json!({"Records": [{"messageId": "m1", "receiptHandle": "r", "body": body,
+            "attributes": {}, "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:1:q", "awsRegion": "us-east-1"}]});
+        let batch = parse(&ev).unwrap();
+        assert!(batch.unreadable.is_empty(), "{:?}", batch.unreadable);
+        assert_eq!(batch.notices.len(), 1);
+        let n = &batch.notices[0];
+        assert_eq!(
+            (n.bucket.as_str(), n.key.as_str()),
+            ("b", "photos/a cat+1 ü.jpg")
+        );
+        assert_eq!(
+            n.change,
+            Change::Created {
+                size: 1234,
+                etag: "abc".into()
+            }
+        );
+        assert_eq!(n.sequencer, None);
+        assert_eq!(n.message_id.as_deref(), Some("m1"));
+    }
+
+    #[test]
     fn keys_are_url_decoded() {
         assert_eq!(decode_key("a+b%21/c%2Bd.jpg"), "a b!/c+d.jpg");
         assert_eq!(decode_key("caf%C3%A9.jpg"), "café.jpg");

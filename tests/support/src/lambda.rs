@@ -15,19 +15,7 @@ pub fn event(name: &str, bucket: &str) -> Value {
 }
 
 /// URL-encode a key the way S3 notifications do (space as `+`).
-pub fn encode_key(key: &str) -> String {
-    let mut out = String::new();
-    for b in key.bytes() {
-        match b {
-            b' ' => out.push('+'),
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
+pub use lookalike::backfill::encode_key;
 
 /// An S3 notification record for `key`, from `events/s3-put.json` or `events/s3-delete.json`.
 pub fn s3_record(created: bool, bucket: &str, key: &str) -> Value {

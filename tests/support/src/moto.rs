@@ -209,16 +209,62 @@ impl MotoServer {
         aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new(
-                "testing",
-                "testing",
-                None,
-                None,
-                "moto-test",
-            ))
+            .credentials_provider(credentials())
             .endpoint_url(self.endpoint())
             .force_path_style(true)
             .build()
+    }
+
+    /// An SQS client for this server (moto serves SQS beside S3 on the same port).
+    pub fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(credentials())
+                .endpoint_url(self.endpoint())
+                .build(),
+        )
+    }
+
+    /// Create queue `name` (a unique name is the caller's business): messages are hidden for
+    /// `visibility_secs` once received and, with `dead_letter` (its URL), moved there after
+    /// `max_receives` receives. Returns the queue's URL (panics on failure).
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        visibility_secs: u32,
+        dead_letter: Option<(&str, u32)>,
+    ) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let client = self.sqs_client();
+        let mut req = client
+            .create_queue()
+            .queue_name(name)
+            .attributes(A::VisibilityTimeout, visibility_secs.to_string());
+        if let Some((dlq_url, max_receives)) = dead_letter {
+            let arn = client
+                .get_queue_attributes()
+                .queue_url(dlq_url)
+                .attribute_names(A::QueueArn)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("queue arn of {dlq_url}: {e:?}"))
+                .attributes()
+                .and_then(|a| a.get(&A::QueueArn).cloned())
+                .expect("a queue ARN");
+            req = req.attributes(
+                A::RedrivePolicy,
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receives.to_string()})
+                    .to_string(),
+            );
+        }
+        req.send()
+            .await
+            .unwrap_or_else(|e| panic!("create queue {name}: {e:?}"))
+            .queue_url()
+            .expect("a queue URL")
+            .to_string()
     }
 
     /// Environment variables that point the standard AWS config chain at this server (for child
@@ -325,6 +371,11 @@ pub fn unique_bucket(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id()).to_ascii_lowercase()
+}
+
+/// The static test credentials every moto client uses.
+fn credentials() -> Credentials {
+    Credentials::new("testing", "testing", None, None, "moto-test")
 }
 
 /// A loopback port that nothing listens on (at the time of asking).
