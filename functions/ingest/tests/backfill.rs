@@ -7,18 +7,19 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lookalike::backfill::{backfill, BackfillOptions, BackfillReport};
-use lookalike::preprocess::Limits;
 use lookalike::queue::Queue;
 use lookalike::status::{index_status, queue_status};
 use lookalike::store::S3Store;
-use lookalike_ingest::IngestFunction;
-use serde_json::{json, Value};
-use testkit::lambda::{event, s3_event, s3_record, TestBucket};
+use serde_json::json;
+use testkit::lambda::{s3_event, s3_record, TestBucket};
 use testkit::moto::MotoServer;
+
+#[path = "common/poller.rs"]
+mod poller;
+use poller::drain;
 
 const IMAGES: usize = 300;
 const VISIBILITY_SECS: u32 = 2;
@@ -26,94 +27,6 @@ const MAX_RECEIVES: u32 = 2;
 /// The visibility timeout of the pollers that index (the poison message's poller uses
 /// [`VISIBILITY_SECS`], so that it comes back quickly).
 const LONG: Duration = Duration::from_secs(60);
-
-/// The SQS event Lambda would build for `messages`.
-fn sqs_event(bucket: &str, messages: &[lookalike::queue::Received]) -> Value {
-    let template = event("sqs-s3-batch.json", bucket)["Records"][0].clone();
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let mut r = template.clone();
-            r["messageId"] = json!(m.id);
-            r["receiptHandle"] = json!(m.receipt);
-            r["body"] = json!(m.body);
-            r
-        })
-        .collect();
-    json!({ "Records": records })
-}
-
-#[derive(Default)]
-struct Tally {
-    invocations: AtomicUsize,
-    indexed: AtomicUsize,
-    duplicates: AtomicUsize,
-    failed_messages: AtomicUsize,
-}
-
-/// `pollers` concurrent pollers, each with its own function instance (container), until the
-/// queue has nothing visible or in flight. Received messages are hidden for `visibility`
-/// (longer than an invocation takes, as the template's is, or a message is delivered twice).
-async fn drain(
-    env: &TestBucket,
-    queue: &Queue,
-    pollers: usize,
-    visibility: Duration,
-) -> Arc<Tally> {
-    let tally = Arc::new(Tally::default());
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..pollers {
-        let function = IngestFunction::new(
-            env.index_store.clone(),
-            env.tempdir(),
-            env.encoder.clone(),
-            env.client.clone(),
-            Limits::default(),
-        );
-        let (queue, tally, bucket) = (queue.clone(), tally.clone(), env.bucket.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                assert!(
-                    start.elapsed() < Duration::from_secs(240),
-                    "the queue did not drain"
-                );
-                let got = queue
-                    .receive(10, Duration::from_secs(1), visibility)
-                    .await
-                    .unwrap();
-                if got.is_empty() {
-                    let c = queue.counts().await.unwrap();
-                    if c.visible == 0 && c.in_flight == 0 {
-                        return;
-                    }
-                    continue;
-                }
-                let handled = function.handle(&sqs_event(&bucket, &got)).await;
-                tally.invocations.fetch_add(1, Ordering::Relaxed);
-                tally
-                    .indexed
-                    .fetch_add(handled.summary.indexed, Ordering::Relaxed);
-                tally
-                    .duplicates
-                    .fetch_add(handled.summary.duplicates, Ordering::Relaxed);
-                tally
-                    .failed_messages
-                    .fetch_add(handled.failed_messages.len(), Ordering::Relaxed);
-                let done: Vec<String> = got
-                    .iter()
-                    .filter(|m| !handled.failed_messages.contains(&m.id))
-                    .map(|m| m.receipt.clone())
-                    .collect();
-                queue.delete(&done).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    tally
-}
 
 fn options(page_size: usize) -> BackfillOptions {
     BackfillOptions {
