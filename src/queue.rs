@@ -48,6 +48,13 @@ pub struct Received {
     pub receipt: String,
 }
 
+/// An SQS client from the standard AWS configuration (environment, profile, role;
+/// `AWS_ENDPOINT_URL` for a local server): one for all the queues a command uses.
+pub async fn client_from_env() -> aws_sdk_sqs::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
 /// One SQS queue.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -59,8 +66,7 @@ impl Queue {
     /// The queue at `url`, with a client from the standard AWS configuration (environment,
     /// profile, role; `AWS_ENDPOINT_URL` for a local server).
     pub async fn from_env(url: &str) -> Queue {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Queue::new(aws_sdk_sqs::Client::new(&config), url)
+        Queue::new(client_from_env().await, url)
     }
 
     /// The queue at `url`, through `client`.

@@ -1,6 +1,7 @@
 //! What the pipeline is doing, read cheaply: the manifest (no segment is downloaded), the
 //! rejection records and, when given, the queues' counts. `lookalike status` prints it.
 
+use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::index::manifest::{Manifest, MANIFEST_KEY};
@@ -14,7 +15,7 @@ use crate::store::{get_object, DynStore, StoreError};
 pub const REJECTIONS_READ: usize = 100;
 
 /// The index as its manifest describes it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct IndexStatus {
     /// The index location.
     pub index: String,
@@ -49,52 +50,50 @@ pub async fn index_status(store: &DynStore, latest: usize) -> Result<IndexStatus
         Err(e) => return Err(e.into()),
     };
     let rejected = store.list(REJECTED_PREFIX).await?;
+    let read: Vec<Result<Option<RejectedRecord>, StoreError>> =
+        stream::iter(rejected.iter().take(REJECTIONS_READ))
+            .map(|obj| async move {
+                match get_object(store.as_ref(), &obj.key).await {
+                    Ok(o) => Ok(serde_json::from_slice::<RejectedRecord>(&o.bytes).ok()),
+                    Err(StoreError::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
     let mut records = Vec::new();
-    for obj in rejected.iter().take(REJECTIONS_READ) {
-        match get_object(store.as_ref(), &obj.key).await {
-            Ok(o) => records.extend(serde_json::from_slice::<RejectedRecord>(&o.bytes).ok()),
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+    for r in read {
+        records.extend(r?);
     }
     records.sort_by_key(|r| std::cmp::Reverse(r.rejected_at_ms));
     records.truncate(latest);
+    let mut status = IndexStatus {
+        index: store.location(),
+        rejected: rejected.len(),
+        latest_rejections: records,
+        ..IndexStatus::default()
+    };
+    let Some(m) = manifest else {
+        return Ok(status);
+    };
     let now = now_ms();
-    Ok(match manifest {
-        Some(m) => IndexStatus {
-            index: store.location(),
-            exists: true,
-            version: m.version,
-            model: m.model.id.clone(),
-            segments: m.segments.len(),
-            items_stored: m
-                .segments
-                .iter()
-                .map(|s| s.items.saturating_sub(s.hidden.len() as u64))
-                .sum(),
-            deleted_keys: m.deleted.len(),
-            bytes: m.total_bytes(),
-            last_commit_age_secs: m.committed_ms.map(|t| now.saturating_sub(t) as f64 / 1e3),
-            rejected: rejected.len(),
-            latest_rejections: records,
-        },
-        None => IndexStatus {
-            index: store.location(),
-            exists: false,
-            version: 0,
-            model: String::new(),
-            segments: 0,
-            items_stored: 0,
-            deleted_keys: 0,
-            bytes: 0,
-            last_commit_age_secs: None,
-            rejected: rejected.len(),
-            latest_rejections: records,
-        },
-    })
+    status.exists = true;
+    status.version = m.version;
+    status.model = m.model.id.clone();
+    status.segments = m.segments.len();
+    status.items_stored = m
+        .segments
+        .iter()
+        .map(|s| s.items.saturating_sub(s.hidden.len() as u64))
+        .sum();
+    status.deleted_keys = m.deleted.len();
+    status.bytes = m.total_bytes();
+    status.last_commit_age_secs = m.committed_ms.map(|t| now.saturating_sub(t) as f64 / 1e3);
+    Ok(status)
 }
 
-/// A queue's counts, or why they could not be read.
+/// A queue and its counts.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStatus {
     /// The queue's URL.

@@ -717,30 +717,41 @@ async fn retired_segments_outlive_their_manifest_by_the_grace_period() {
     }
 }
 
+/// An index holding one committed item, `a/1.jpg`.
+async fn one_item_index(store: &DynStore, rng: &mut StdRng) -> Index {
+    let index = open(store).await;
+    writer::append(
+        &index,
+        &model(),
+        vec![item("a/1.jpg", "e", random_vec(rng))],
+        &[],
+        BuildParams::default(),
+    )
+    .await
+    .unwrap();
+    index
+}
+
+/// A segment holding `key`, uploaded and never committed (an orphan).
+async fn upload_orphan(index: &Index, key: &str, rng: &mut StdRng) -> writer::BuiltSegment {
+    writer::build_and_upload(
+        index,
+        &model(),
+        vec![item(key, "e", random_vec(rng))],
+        0,
+        BuildParams::default(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uncommitted_segment_is_invisible_and_collected() {
     for (name, store) in stores().await {
-        let index = open(&store).await;
         let mut rng = StdRng::seed_from_u64(3);
-        writer::append(
-            &index,
-            &model(),
-            vec![item("a/1.jpg", "e", random_vec(&mut rng))],
-            &[],
-            BuildParams::default(),
-        )
-        .await
-        .unwrap();
+        let index = one_item_index(&store, &mut rng).await;
         // A writer that dies after uploading its segment, before the manifest commit.
-        let orphan = writer::build_and_upload(
-            &index,
-            &model(),
-            vec![item("a/2.jpg", "e", random_vec(&mut rng))],
-            0,
-            BuildParams::default(),
-        )
-        .await
-        .unwrap();
+        let orphan = upload_orphan(&index, "a/2.jpg", &mut rng).await;
         let snap = index.refresh().await.unwrap();
         assert_eq!(snap.live_items(), 1, "{name}: the orphan is never served");
         assert!(snap.record("a/2.jpg").unwrap().is_none());
@@ -769,34 +780,14 @@ async fn uncommitted_segment_is_invisible_and_collected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leased_segment_is_kept_until_its_lease_ends() {
     for (name, store) in stores().await {
-        let index = open(&store).await;
         let mut rng = StdRng::seed_from_u64(8);
-        writer::append(
-            &index,
-            &model(),
-            vec![item("a/1.jpg", "e", random_vec(&mut rng))],
-            &[],
-            BuildParams::default(),
-        )
-        .await
-        .unwrap();
-        let upload = |key: &'static str, rng: &mut StdRng| {
-            let items = vec![item(key, "e", random_vec(rng))];
-            let index = &index;
-            async move {
-                writer::build_and_upload(index, &model(), items, 0, BuildParams::default())
-                    .await
-                    .unwrap()
-                    .entry
-                    .name
-            }
-        };
+        let index = one_item_index(&store, &mut rng).await;
         let no_grace = writer::GcPolicy::uniform(Duration::ZERO);
         // Released: the segment is an ordinary orphan again.
         let lease = Lease::take(store.clone(), "test", Duration::from_secs(3600))
             .await
             .unwrap();
-        let held = upload("a/2.jpg", &mut rng).await;
+        let held = upload_orphan(&index, "a/2.jpg", &mut rng).await.entry.name;
         lease.hold([held.clone()]).await.unwrap();
         assert!(
             writer::gc(&index, no_grace).await.unwrap().is_empty(),
@@ -812,7 +803,7 @@ async fn a_leased_segment_is_kept_until_its_lease_ends() {
         let lease = Lease::take(store.clone(), "test", Duration::from_millis(300))
             .await
             .unwrap();
-        let held = upload("a/3.jpg", &mut rng).await;
+        let held = upload_orphan(&index, "a/3.jpg", &mut rng).await.entry.name;
         lease.hold([held.clone()]).await.unwrap();
         let key = lease.key().to_string();
         drop(lease);

@@ -167,8 +167,9 @@ pub struct RedriveArgs {
 }
 
 pub async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
-    let dlq = Queue::from_env(&args.dlq).await;
-    let queue = Queue::from_env(&args.queue).await;
+    let client = lookalike::queue::client_from_env().await;
+    let dlq = Queue::new(client.clone(), &args.dlq);
+    let queue = Queue::new(client, &args.queue);
     let r = lookalike::queue::redrive(&dlq, &queue, args.max.unwrap_or(u64::MAX)).await?;
     println!(
         "moved {} messages from {} to {}",
@@ -207,18 +208,25 @@ pub struct StatusArgs {
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let index_store = store::open(&args.index).await?;
     let index = index_status(&index_store, args.rejections).await?;
+    // (the JSON field, the label) of each queue given.
+    let given = [
+        (("queue", "queue"), &args.queue),
+        (("dlq", "dead-letter queue"), &args.dlq),
+    ];
     let mut queues = Vec::new();
-    for (name, url) in [("queue", &args.queue), ("dead-letter queue", &args.dlq)] {
-        if let Some(url) = url {
-            let q = Queue::from_env(url).await;
-            queues.push((name, queue_status(&q).await?));
+    if given.iter().any(|(_, url)| url.is_some()) {
+        let client = lookalike::queue::client_from_env().await;
+        for (names, url) in given {
+            if let Some(url) = url {
+                let q = Queue::new(client.clone(), url);
+                queues.push((names, queue_status(&q).await?));
+            }
         }
     }
     if args.json {
         let mut v = serde_json::json!({ "index": index });
-        for (name, q) in &queues {
-            let field = if *name == "queue" { "queue" } else { "dlq" };
-            v[field] = serde_json::to_value(q)?;
+        for ((field, _), q) in &queues {
+            v[*field] = serde_json::to_value(q)?;
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -244,7 +252,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     for r in &index.latest_rejections {
         println!("  {} ({}): {}", r.key, r.etag, r.reason);
     }
-    for (name, q) in &queues {
+    for ((_, name), q) in &queues {
         println!(
             "{name} {}: {} visible, {} in flight, {} delayed",
             q.url, q.counts.visible, q.counts.in_flight, q.counts.delayed

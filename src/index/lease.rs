@@ -8,12 +8,13 @@
 //! deleted by age.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
 
 use crate::store::{get_object, DynStore, StoreError};
 
@@ -67,14 +68,14 @@ impl Lease {
             renewed_ms: now_ms(),
             ttl_ms: ttl.as_millis() as u64,
         }));
-        write(&store, &key, &state).await?;
+        put(&store, &key, &mut *state.lock().await).await?;
         let renewer = {
             let (store, key, state) = (store.clone(), key.clone(), state.clone());
             let every = (ttl / 3).max(Duration::from_millis(10));
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = write(&store, &key, &state).await {
+                    if let Err(e) = put(&store, &key, &mut *state.lock().await).await {
                         tracing::warn!(lease = %key, error = %e, "cannot renew a segment lease");
                     }
                 }
@@ -90,11 +91,9 @@ impl Lease {
 
     /// Add segments to the lease (written at once).
     pub async fn hold(&self, names: impl IntoIterator<Item = String>) -> Result<(), IndexError> {
-        {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.segments.extend(names);
-        }
-        write(&self.store, &self.key, &self.state).await
+        let mut s = self.state.lock().await;
+        s.segments.extend(names);
+        put(&self.store, &self.key, &mut s).await
     }
 
     /// The lease's key in the store.
@@ -116,13 +115,12 @@ impl Drop for Lease {
     }
 }
 
-async fn write(store: &DynStore, key: &str, state: &Mutex<LeaseRecord>) -> Result<(), IndexError> {
-    let body = {
-        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-        s.renewed_ms = now_ms();
-        // Strings and numbers only: serialising cannot fail.
-        serde_json::to_vec(&*s).unwrap_or_default()
-    };
+/// Write the lease, renewed now. The caller holds the lease's lock across the write, so a
+/// renewal and a [`Lease::hold`] never land out of order (an older list over a newer one).
+async fn put(store: &DynStore, key: &str, record: &mut LeaseRecord) -> Result<(), IndexError> {
+    record.renewed_ms = now_ms();
+    // Strings and numbers only: serialising cannot fail.
+    let body = serde_json::to_vec(&*record).unwrap_or_default();
     store.put(key, Bytes::from(body)).await?;
     Ok(())
 }

@@ -261,6 +261,21 @@ impl RandomFaults {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 
+    /// Whether to inject a fault into this call on `key`: only on the manifest, with chance
+    /// `p`, counted in `counter`.
+    fn inject_on_manifest(
+        &self,
+        key: &str,
+        p: f64,
+        counter: &std::sync::atomic::AtomicUsize,
+    ) -> bool {
+        let hit = key == lookalike::index::manifest::MANIFEST_KEY && self.chance(p);
+        if hit {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        hit
+    }
+
     /// (failed gets, lost answers, 409s) injected so far.
     pub fn counts(&self) -> (usize, usize, usize) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -279,10 +294,7 @@ impl Fault for RandomFaults {
     }
     async fn before_put_if_match(&self, key: &str) -> StoreResult<()> {
         self.delay().await;
-        if key == lookalike::index::manifest::MANIFEST_KEY && self.chance(self.p_conflict) {
-            self.injected
-                .2
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.inject_on_manifest(key, self.p_conflict, &self.injected.2) {
             return Err(lookalike::store::StoreError::PreconditionFailed(
                 "injected: 409 ConditionalRequestConflict".into(),
             ));
@@ -290,10 +302,7 @@ impl Fault for RandomFaults {
         Ok(())
     }
     fn before_get(&self, key: &str) -> StoreResult<()> {
-        if key == lookalike::index::manifest::MANIFEST_KEY && self.chance(self.p_get_fails) {
-            self.injected
-                .0
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.inject_on_manifest(key, self.p_get_fails, &self.injected.0) {
             return Err(lookalike::store::StoreError::Backend(
                 "injected: connection reset".into(),
             ));
