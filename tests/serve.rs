@@ -465,6 +465,19 @@ fn the_page_in_a_real_browser() {
     )
     .unwrap();
 
+    // On a phone-sized window: the page fits its width (nothing to scroll sideways), the
+    // results still show, and the query image sits above them.
+    b.set_window_size(390, 844).unwrap();
+    b.wait_for(
+        "return window.innerWidth <= 420 &&
+           document.documentElement.scrollWidth <= window.innerWidth &&
+           document.querySelectorAll('#results a').length === 2 &&
+           document.getElementById('drop').getBoundingClientRect().bottom
+             <= document.getElementById('results').getBoundingClientRect().top;",
+        wait,
+    )
+    .unwrap();
+
     // An unknown key in a link: the 404 in words, not an empty page.
     b.goto(&format!("{base}?key=nope.jpg")).unwrap();
     let error = b.wait_for(SHOWN_ERROR, wait).unwrap();

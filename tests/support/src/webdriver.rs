@@ -217,6 +217,16 @@ impl Browser {
         }
     }
 
+    /// Resize the window (a phone's viewport, say).
+    pub fn set_window_size(&self, width: u32, height: u32) -> Result<(), String> {
+        self.session_call(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .map(|_| ())
+    }
+
     /// A PNG of the window.
     pub fn screenshot(&self) -> Result<Vec<u8>, String> {
         let v = self.session_call("GET", "/screenshot", None)?;
