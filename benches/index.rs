@@ -8,15 +8,17 @@
 //! 2. At scale, for both models and two distributions of real-derived embeddings (each item a
 //!    real embedding plus noise; each a point between two real embeddings plus noise), in the
 //!    same run on the same vectors and queries: lookalike (1, 5 and 20 segments, several re-rank
-//!    budgets), and Annoy, hnswlib and an exact numpy scan through `benches/index_peers.py` in
+//!    budgets), and Annoy, hnswlib, hannoy (Meilisearch's HNSW on LMDB, through its Python
+//!    binding) and an exact numpy scan through `benches/index_peers.py` in
 //!    `.venv` (`.venv/bin/pip install -r requirements-bench.txt`). Recall@10 against exact
 //!    search on the full-precision vectors, p50/p99 on one thread, bytes per item, build time.
 //! 3. `lookalike index` on clothing-small: images/s and peak memory (/usr/bin/time).
 //!
 //! Environment: `LOOKALIKE_BENCH_SIZES` (default `10000,100000`; add `1000000` for the 1M run,
-//! which skips the peers), `LOOKALIKE_BENCH_SEGMENTS` (default `1,5,20`),
-//! `LOOKALIKE_BENCH_PEERS` (default `exact,annoy,hnswlib`; empty for none),
-//! `LOOKALIKE_BENCH_PARTS` (default `cli,quality,scale`).
+//! which skips the peers unless `LOOKALIKE_BENCH_PEERS_UP_TO` is raised from 100000), `LOOKALIKE_BENCH_SEGMENTS` (default `1,5,10,20`),
+//! `LOOKALIKE_BENCH_PEERS` (default `exact,annoy,hnswlib,hannoy`; empty for none),
+//! `LOOKALIKE_BENCH_PARTS` (default `cli,quality,scale`), `LOOKALIKE_BENCH_MODELS` (default
+//! `lite0,fine-tuned`), `LOOKALIKE_BENCH_DISTRIBUTIONS` (default `noisy,between`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -396,10 +398,16 @@ async fn main() {
         cli_throughput(&mut md, &mut report);
     }
 
-    let mut models = vec![embed("lite0", Path::new(MODEL))];
-    match fine_tuned_model() {
-        Some(dir) => models.push(embed("fine-tuned", &dir)),
-        None => println!("fine-tuned model SKIPPED: `lookalike train` failed"),
+    let wanted = env_list("LOOKALIKE_BENCH_MODELS", "lite0,fine-tuned");
+    let mut models = Vec::new();
+    if wanted.iter().any(|m| m == "lite0") {
+        models.push(embed("lite0", Path::new(MODEL)));
+    }
+    if wanted.iter().any(|m| m == "fine-tuned") {
+        match fine_tuned_model() {
+            Some(dir) => models.push(embed("fine-tuned", &dir)),
+            None => println!("fine-tuned model SKIPPED: `lookalike train` failed"),
+        }
     }
 
     if parts.iter().any(|p| p == "quality") {
@@ -427,31 +435,41 @@ async fn main() {
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect();
-        let segments: Vec<usize> = env_list("LOOKALIKE_BENCH_SEGMENTS", "1,5,20")
+        let segments: Vec<usize> = env_list("LOOKALIKE_BENCH_SEGMENTS", "1,5,10,20")
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect();
-        let peers = env_list("LOOKALIKE_BENCH_PEERS", "exact,annoy,hnswlib");
+        let peers_up_to: usize = std::env::var("LOOKALIKE_BENCH_PEERS_UP_TO")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let distributions = env_list("LOOKALIKE_BENCH_DISTRIBUTIONS", "noisy,between");
+        let peers = env_list("LOOKALIKE_BENCH_PEERS", "exact,annoy,hnswlib,hannoy");
         let mut rows = Vec::new();
         md += &format!(
             "Recall@10 against exact cosine search on the full-precision vectors, {QUERIES} queries drawn like the items, \
              k = 10, one query thread, on {} cores. Two distributions of real-derived embeddings: `noisy` (a real \
              clothing-small embedding plus Gaussian noise) and `between` (a point between two real embeddings plus \
              noise); the noise is σ = 0.01 per dimension at 1280-d (scaled to the same total at 256-d). lookalike's \
-             `rerank` is the number of candidates per segment scored exactly on the int8 codes. Peers run in the same \
-             benchmark run on the same vectors and queries (Annoy and hnswlib through their Python packages, one \
-             query thread; numpy's exact scan with one BLAS thread).\n\n",
+             `rerank` is the number of candidates per segment scored on the 8-bit codes (the best 40 of all \
+             segments are scored again with their 2-bit refinements); `nprobe` the inverted lists scanned in \
+             segments of 4,096 items or more. Peers run in the same \
+             benchmark run on the same vectors and queries (Annoy, hnswlib and hannoy through their Python packages, \
+             one query thread; numpy's exact scan with one BLAS thread).\n\n",
             testkit::bench::cores()
         );
         for e in &models {
             for distribution in ["noisy", "between"] {
+                if !distributions.iter().any(|d| d == distribution) {
+                    continue;
+                }
                 for &n in &sizes {
                     let case = make_case(e, distribution, n);
                     let mut case_rows = Vec::new();
                     for &s in &segments {
                         case_rows.extend(measure_lookalike(&case, s).await);
                     }
-                    if n <= 100_000 {
+                    if n <= peers_up_to {
                         case_rows.extend(measure_peers(&case, &peers));
                     }
                     md += &format!(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The index benchmark's peers: Annoy, hnswlib and an exact numpy scan on the very vectors and
+"""The index benchmark's peers: Annoy, hnswlib, hannoy and an exact numpy scan on the very vectors and
 queries that `cargo bench --bench index` just measured lookalike on (it calls this script).
 
 Input folder: base.f32 and queries.f32 (little-endian float32, row-major), truth.json (the exact
@@ -90,9 +90,28 @@ def main(folder, only):
             rows.append(row("hnswlib", f"M 16, ef_construction 200, ef {ef}", recall, p50, p99,
                             size / n, build_s))
 
+    if "hannoy" in only:
+        # hannoy: Meilisearch's HNSW on LMDB (heed 0.23, like lookalike's segments), through its
+        # Python binding (the same Rust library).
+        import hannoy
+        folder_db = tempfile.mkdtemp()
+        t = time.perf_counter()
+        db = hannoy.Database(folder_db, hannoy.Metric.COSINE,
+                             env_size=int(n * d * 4 * 3 + (1 << 30)))
+        with db.writer(d, m=16, ef=96) as writer:
+            writer.add_items(list(range(n)), np.ascontiguousarray(base, dtype=np.float32))
+        build_s = time.perf_counter() - t
+        size = sum(os.path.getsize(os.path.join(folder_db, f)) for f in os.listdir(folder_db))
+        reader = db.reader()
+        for ef in (50, 100, 200):
+            recall, p50, p99 = measure(
+                lambda q: [i for i, _ in reader.by_array(q, n=10, ef_search=ef)], queries, truth)
+            rows.append(row("hannoy", f"M 16, ef_construction 96, ef {ef}", recall, p50, p99,
+                            size / n, build_s))
+
     for r in rows:
         print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], set(sys.argv[2].split(",")) if len(sys.argv) > 2 else {"exact", "annoy", "hnswlib"})
+    main(sys.argv[1], set(sys.argv[2].split(",")) if len(sys.argv) > 2 else {"exact", "annoy", "hnswlib", "hannoy"})

@@ -1102,6 +1102,37 @@ fn recall_with(
     hits as f64 / (10 * queries.len()) as f64
 }
 
+/// Each result of a search of `snap` (small enough that every item is scored) is in the exact
+/// top 10, or within 1e-3 of the exact 10th score (a tie the 10-bit codes cannot break), and its
+/// score is the exact one within 1e-3.
+fn assert_exact_up_to_the_codes(
+    snap: &lookalike::index::Snapshot,
+    items: &[(ItemRecord, Vec<f32>)],
+    queries: &[Vec<f32>],
+) {
+    for q in queries {
+        let exact = |v: &[f32]| -> f32 { v.iter().zip(q).map(|(a, b)| a * b).sum() };
+        let mut scores: Vec<f32> = items.iter().map(|(_, v)| exact(v)).collect();
+        scores.sort_by(|a, b| b.total_cmp(a));
+        for hit in snap.search(q, 10, None, None).unwrap() {
+            let (_, v) = items.iter().find(|(r, _)| r.key == hit.record.key).unwrap();
+            assert!(
+                exact(v) >= scores[9] - 1e-3,
+                "{}: {} < {}",
+                hit.record.key,
+                exact(v),
+                scores[9]
+            );
+            assert!(
+                (hit.score - exact(v)).abs() < 1e-3,
+                "score {} vs {}",
+                hit.score,
+                exact(v)
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_segments_round_trip_and_agree_with_exact_search() {
     let mut rng = StdRng::seed_from_u64(14);
@@ -1134,30 +1165,9 @@ async fn compact_segments_round_trip_and_agree_with_exact_search() {
     assert_eq!(seg.format, lookalike::index::segment::SEGMENT_FORMAT);
     assert_eq!((seg.len, seg.dims), (150, WIDE));
     // 150 items with the default re-rank budget (200): every item is scored, so the search is
-    // exact up to the codes' precision: each result is in the exact top 10, or within 1e-3 of
-    // the exact 10th score (a tie the 10-bit codes cannot break).
+    // exact up to the codes' precision.
     let queries: Vec<Vec<f32>> = (0..30).map(|_| wide_vec(&mut rng)).collect();
-    for q in &queries {
-        let exact = |v: &[f32]| -> f32 { v.iter().zip(q).map(|(a, b)| a * b).sum() };
-        let mut scores: Vec<f32> = items.iter().map(|(_, v)| exact(v)).collect();
-        scores.sort_by(|a, b| b.total_cmp(a));
-        for hit in snap.search(q, 10, None, None).unwrap() {
-            let (_, v) = items.iter().find(|(r, _)| r.key == hit.record.key).unwrap();
-            assert!(
-                exact(v) >= scores[9] - 1e-3,
-                "{}: {} < {}",
-                hit.record.key,
-                exact(v),
-                scores[9]
-            );
-            assert!(
-                (hit.score - exact(v)).abs() < 1e-3,
-                "score {} vs {}",
-                hit.score,
-                exact(v)
-            );
-        }
-    }
+    assert_exact_up_to_the_codes(&snap, &items, &queries);
     assert!(recall(&index, &items, &queries) >= 0.99);
     // Category filters and exclusions still hold.
     let q = &queries[0];
@@ -1166,6 +1176,33 @@ async fn compact_segments_round_trip_and_agree_with_exact_search() {
     assert!(hits
         .iter()
         .all(|h| h.record.category == "c1" && h.record.key != "c1/1.jpg"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_searched_together_agree_with_exact_search() {
+    // Four segments: each one's best candidates by their 8-bit codes are pooled, and only the
+    // best of the pool are scored again with the refinements. With every item a candidate the
+    // answer is still exact up to the codes' precision, whichever segment each result is in.
+    let mut rng = StdRng::seed_from_u64(17);
+    let items: Vec<_> = (0..200)
+        .map(|i| item(&format!("c{}/{i}.jpg", i % 3), "e", wide_vec(&mut rng)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
+    let index = open_wide(&store).await;
+    for batch in items.chunks(50) {
+        writer::append(&index, &wide(), batch.to_vec(), &[], BuildParams::default())
+            .await
+            .unwrap();
+    }
+    let snap = index.refresh().await.unwrap();
+    assert_eq!(snap.manifest.segments.len(), 4);
+    let queries: Vec<Vec<f32>> = (0..30).map(|_| wide_vec(&mut rng)).collect();
+    assert_exact_up_to_the_codes(&snap, &items, &queries);
+    // A k larger than any one segment (50 items) is answered in full, best first.
+    let hits = snap.search(&queries[0], 120, None, None).unwrap();
+    assert_eq!(hits.len(), 120);
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::segment_error::SegmentError;
 use super::vectors::{self, BitTrees, Codes, Vectors};
-pub use super::vectors::{default_trees, BuildParams, SearchParams};
+pub use super::vectors::{default_trees, refine_count, BuildParams, SearchParams, Shortlist};
 
 /// The segment format this build writes (recorded in every segment).
 pub const SEGMENT_FORMAT: &str = "2";
@@ -422,19 +422,30 @@ impl Segment {
         self.vectors.vector(&self.shown, &rtxn, id)
     }
 
-    /// Approximate nearest neighbours among `candidates`: (id, cosine similarity), best first.
-    pub fn search(
+    /// The first phase of a search: the best of `candidates` by their compact codes, at most
+    /// [`vectors::refine_count`]`(k)` of them, in no order (see [`Segment::refine`]).
+    pub fn shortlist(
         &self,
         query: &[f32],
         k: usize,
         candidates: &RoaringBitmap,
         params: &SearchParams,
-    ) -> Result<Vec<(u32, f32)>, SegmentError> {
+    ) -> Result<Shortlist, SegmentError> {
         if k == 0 || candidates.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Shortlist::empty());
         }
         let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
         self.vectors
-            .search(&self.shown, &rtxn, query, k, candidates, params)
+            .shortlist(&self.shown, &rtxn, query, k, candidates, params)
+    }
+
+    /// The second phase: `hits` (ids of `shortlist`'s) scored again more exactly.
+    pub fn refine(
+        &self,
+        shortlist: &Shortlist,
+        hits: &mut [(u32, f32)],
+    ) -> Result<(), SegmentError> {
+        let rtxn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
+        self.vectors.refine(&self.shown, &rtxn, shortlist, hits)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 
 use super::manifest::{Manifest, SegmentEntry};
-use super::segment::{ItemRecord, SearchParams, Segment};
+use super::segment::{self, ItemRecord, SearchParams, Segment};
 use super::IndexError;
 
 /// A consistent read view of an index: one manifest and its open segments, with each segment's live items.
@@ -303,7 +303,9 @@ impl Snapshot {
                 want: self.manifest.model.dims,
             });
         }
+        // (estimated score, segment, id) of every segment's shortlist.
         let mut scored: Vec<(f32, usize, u32)> = Vec::new();
+        let mut shortlists = Vec::with_capacity(self.segments.len());
         // Every segment gets the whole re-rank budget. (Sharing it in proportion to segment
         // size halved the time of a 20-segment search on synthetic data, but cut leave-one-out
         // P@10 on clothing-small in 3 segments from 0.654 to 0.577: with real embeddings the
@@ -321,11 +323,34 @@ impl Snapshot {
                     candidates.remove(id);
                 }
             }
-            for (id, score) in s.seg.search(query, k, &candidates, params)? {
-                scored.push((score, si, id));
+            let shortlist = s.seg.shortlist(query, k, &candidates, params)?;
+            scored.extend(shortlist.hits.iter().map(|&(id, score)| (score, si, id)));
+            shortlists.push((si, shortlist));
+        }
+        // The best few of all segments by their estimated scores are scored again, each in
+        // its own segment, and the best k of those are the answer.
+        let keep = segment::refine_count(k).min(scored.len());
+        if keep > 0 && keep < scored.len() {
+            scored.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0));
+        }
+        scored.truncate(keep);
+        scored.sort_by_key(|&(_, si, _)| si);
+        for (si, shortlist) in &shortlists {
+            let from = scored.partition_point(|&(_, s, _)| s < *si);
+            let to = scored.partition_point(|&(_, s, _)| s <= *si);
+            if from == to {
+                continue;
+            }
+            let mut hits: Vec<(u32, f32)> = scored[from..to]
+                .iter()
+                .map(|&(sc, _, id)| (id, sc))
+                .collect();
+            self.segments[*si].seg.refine(shortlist, &mut hits)?;
+            for (slot, (id, sc)) in scored[from..to].iter_mut().zip(hits) {
+                *slot = (sc, *si, id);
             }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
         scored.truncate(k);
         let mut hits = Vec::with_capacity(scored.len());
         for (score, si, id) in scored {

@@ -105,9 +105,36 @@ impl Default for SearchParams {
 }
 
 /// The re-ranked candidates whose refined score is computed: `k × REFINE_FACTOR`, at least
-/// `REFINE_MIN` (per segment: a search of many segments refines each one's best few).
+/// `REFINE_MIN`, over the whole search (the 8-bit scores of different segments estimate the
+/// same cosine, so the best few of all segments are refined, not each segment's best few).
 const REFINE_FACTOR: usize = 4;
 const REFINE_MIN: usize = 40;
+
+impl Shortlist {
+    /// No candidates.
+    pub fn empty() -> Self {
+        Shortlist {
+            hits: Vec::new(),
+            prepared: None,
+        }
+    }
+}
+
+/// How many of a search's best candidates by 8-bit score are scored again with their
+/// refinements (and the most any one segment contributes to them).
+pub fn refine_count(k: usize) -> usize {
+    (k * REFINE_FACTOR).max(REFINE_MIN)
+}
+
+/// The first phase of a search of one segment: its best candidates by their 8-bit codes (in
+/// format 1, by their exact scores), at most [`refine_count`] of them, in no order, and what
+/// [`Vectors::refine`] needs to score them again.
+pub struct Shortlist {
+    /// (id, estimated cosine similarity).
+    pub hits: Vec<(u32, f32)>,
+    /// The query prepared for this segment's codes (`None`: format 1, the scores are exact).
+    prepared: Option<quant::Prepared>,
+}
 
 /// Where a segment's vectors are.
 pub(super) enum Vectors {
@@ -275,9 +302,9 @@ impl Vectors {
         }
     }
 
-    /// The `k` nearest of `candidates` (not empty; `k > 0`: [`super::segment::Segment::search`]
-    /// checks) to `query` by cosine similarity, best first.
-    pub(super) fn search(
+    /// The best of `candidates` (not empty; `k > 0`: [`super::segment::Segment::shortlist`]
+    /// checks) for `query`: the search's first phase.
+    pub(super) fn shortlist(
         &self,
         name: &str,
         rtxn: &RoTxn,
@@ -285,11 +312,42 @@ impl Vectors {
         k: usize,
         candidates: &RoaringBitmap,
         params: &SearchParams,
-    ) -> Result<Vec<(u32, f32)>, SegmentError> {
+    ) -> Result<Shortlist, SegmentError> {
         match self {
-            Vectors::Float(db) => search_float(name, rtxn, *db, query, k, candidates, params),
-            Vectors::Compact(c) => c.search(name, rtxn, query, k, candidates, params),
+            Vectors::Float(db) => Ok(Shortlist {
+                hits: search_float(name, rtxn, *db, query, k, candidates, params)?,
+                prepared: None,
+            }),
+            Vectors::Compact(c) => c.shortlist(name, rtxn, query, k, candidates, params),
         }
+    }
+
+    /// The search's second phase: `hits` (ids from `shortlist`) scored again with their 2-bit
+    /// refinements, which settle the order of near ties where the 8-bit error is as large as
+    /// the gaps.
+    pub(super) fn refine(
+        &self,
+        name: &str,
+        rtxn: &RoTxn,
+        shortlist: &Shortlist,
+        hits: &mut [(u32, f32)],
+    ) -> Result<(), SegmentError> {
+        let (Vectors::Compact(c), Some(prepared)) = (self, &shortlist.prepared) else {
+            return Ok(());
+        };
+        let a = c.arrays(name, rtxn)?;
+        let f = quant::fine_len(c.dims);
+        for (id, score) in hits.iter_mut() {
+            let i = *id as usize;
+            if i < c.len {
+                *score = quant::Affine::dot_fine(
+                    prepared,
+                    &a.u8[i * c.dims..(i + 1) * c.dims],
+                    &a.fine[i * f..(i + 1) * f],
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -319,7 +377,7 @@ fn search_float(
 }
 
 impl Compact {
-    fn search(
+    fn shortlist(
         &self,
         name: &str,
         rtxn: &RoTxn,
@@ -327,7 +385,7 @@ impl Compact {
         k: usize,
         candidates: &RoaringBitmap,
         params: &SearchParams,
-    ) -> Result<Vec<(u32, f32)>, SegmentError> {
+    ) -> Result<Shortlist, SegmentError> {
         let a = self.arrays(name, rtxn)?;
         let rerank = params.rerank.max(k);
         let pool: Vec<u32> = if candidates.len() as usize <= rerank {
@@ -347,35 +405,31 @@ impl Compact {
             self.scan_candidates(&a, query, rerank, candidates)
         };
         let prepared = self.affine.prepare(query);
-        let mut scored: Vec<(u32, f32)> = pool
-            .into_iter()
-            .filter(|&id| (id as usize) < self.len)
-            .map(|id| {
-                let i = id as usize;
-                let code = &a.u8[i * self.dims..(i + 1) * self.dims];
-                (id, quant::Affine::dot(&prepared, code))
-            })
-            .collect();
-        // The best few by the 8-bit codes are scored again with their 2-bit refinements: that
-        // settles the order of near ties, where the 8-bit error is as large as the gaps.
-        let refine = (k * REFINE_FACTOR).max(REFINE_MIN).min(scored.len());
-        if refine == 0 || k == 0 {
-            return Ok(Vec::new());
+        let mut pool = pool;
+        pool.retain(|&id| (id as usize) < self.len);
+        let code = |id: u32| &a.u8[id as usize * self.dims..(id as usize + 1) * self.dims];
+        // The codes are at random places of the map: each one is requested a few candidates
+        // ahead, so that its loads overlap the scoring of the ones before it.
+        const AHEAD: usize = 4;
+        for &id in pool.iter().take(AHEAD) {
+            quant::prefetch(code(id));
         }
-        scored.select_nth_unstable_by(refine - 1, |x, y| y.1.total_cmp(&x.1));
-        scored.truncate(refine);
-        let f = quant::fine_len(self.dims);
-        for (id, score) in scored.iter_mut() {
-            let i = *id as usize;
-            *score = quant::Affine::dot_fine(
-                &prepared,
-                &a.u8[i * self.dims..(i + 1) * self.dims],
-                &a.fine[i * f..(i + 1) * f],
-            );
+        let mut scored: Vec<(u32, f32)> = Vec::with_capacity(pool.len());
+        for (j, &id) in pool.iter().enumerate() {
+            if let Some(&next) = pool.get(j + AHEAD) {
+                quant::prefetch(code(next));
+            }
+            scored.push((id, quant::Affine::dot(&prepared, code(id))));
         }
-        scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-        scored.truncate(k);
-        Ok(scored)
+        let keep = refine_count(k).min(scored.len());
+        if keep > 0 && keep < scored.len() {
+            scored.select_nth_unstable_by(keep - 1, |x, y| y.1.total_cmp(&x.1));
+        }
+        scored.truncate(keep);
+        Ok(Shortlist {
+            hits: scored,
+            prepared: Some(prepared),
+        })
     }
 
     /// The `r` candidates whose sign codes are nearest to the query's.
