@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::config::{env_string, ConfigError};
+use crate::model::card::ModelCard;
 use crate::model::encoder::{Encoder, EncoderError};
 use crate::store::{self, DynStore, StoreError};
 
@@ -24,8 +25,11 @@ pub enum InitError {
         path: PathBuf,
         /// What the encoder reported.
         #[source]
-        source: EncoderError,
+        source: Box<EncoderError>,
     },
+    /// The thread loading the model failed (a panic: a bug, reported as such).
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskError),
     /// The index's store could not be opened (a bad location, or no S3 client configuration).
     #[error("cannot open the index {index}: {source}")]
     Store {
@@ -69,17 +73,35 @@ impl FunctionEnv {
 
     /// The init phase's common part: load the model and open the index's store (an S3 client).
     pub async fn load(&self) -> Result<(Encoder, DynStore), InitError> {
-        let encoder = Encoder::load(&self.model).map_err(|source| InitError::Model {
+        let encoder = self.load_model()?;
+        let store = self.open_store().await?;
+        Ok((encoder, store))
+    }
+
+    /// The model (the ONNX graph, optimised for one image: the slow part of an init).
+    pub fn load_model(&self) -> Result<Encoder, InitError> {
+        Encoder::load(&self.model).map_err(|source| InitError::Model {
             path: self.model.clone(),
-            source,
-        })?;
-        let store = store::open(&self.index)
+            source: Box::new(source),
+        })
+    }
+
+    /// The model's card alone (its identity and embedding size), read in a millisecond.
+    pub fn model_card(&self) -> Result<ModelCard, InitError> {
+        ModelCard::load(&self.model).map_err(|source| InitError::Model {
+            path: self.model.clone(),
+            source: Box::new(source.into()),
+        })
+    }
+
+    /// The index's store (an S3 client for an `s3://` location).
+    pub async fn open_store(&self) -> Result<DynStore, InitError> {
+        store::open(&self.index)
             .await
             .map_err(|source| InitError::Store {
                 index: self.index.clone(),
                 source,
-            })?;
-        Ok((encoder, store))
+            })
     }
 }
 

@@ -193,8 +193,9 @@ async fn behaviour_suite(store: DynStore) {
         .await
         .unwrap();
 
-    // download_to: a multi-MiB body, streamed to a file; an existing file is truncated.
-    let big: Vec<u8> = (0..3_000_000u32)
+    // download_to: a body of several of the S3 store's 8 MiB write chunks and a remainder,
+    // streamed to a file; an existing longer file is truncated.
+    let big: Vec<u8> = (0..20_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let eb = store
@@ -202,7 +203,7 @@ async fn behaviour_suite(store: DynStore) {
         .await
         .unwrap();
     let dest = dir.path().join("big.bin");
-    std::fs::write(&dest, vec![7u8; 5_000_000]).unwrap();
+    std::fs::write(&dest, vec![7u8; 25_000_000]).unwrap();
     let meta = store.download_to("blobs/big.bin", &dest).await.unwrap();
     assert_eq!(meta.size, big.len() as u64);
     assert_eq!(meta.etag, eb);

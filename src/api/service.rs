@@ -216,6 +216,34 @@ impl QueryService {
         }
     }
 
+    /// Open the index the way the service does on its first request: sync the snapshot into
+    /// the cache folder, open its segments. It needs only the model's identity, not the model,
+    /// so a cold start can run it while the model loads and hand it to [`QueryService::with_index`].
+    pub async fn open_index(
+        store: DynStore,
+        cache_dir: &std::path::Path,
+        model: crate::model::ModelRef,
+        config: &ServiceConfig,
+    ) -> Result<Index, crate::index::IndexError> {
+        let cache = crate::index::SegmentCache::new(cache_dir)?.with_budget(config.cache_budget);
+        Index::open_in(store, cache, Some(model)).await
+    }
+
+    /// A service over an index already opened by [`QueryService::open_index`] (with this
+    /// encoder's model), as if its first request had opened it just now.
+    pub fn with_index(
+        store: DynStore,
+        cache_dir: impl Into<PathBuf>,
+        encoder: Arc<Encoder>,
+        config: ServiceConfig,
+        index: Index,
+    ) -> Self {
+        let service = QueryService::new(store, cache_dir, encoder, config);
+        let _ = service.index.set(Arc::new(index));
+        *service.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        service
+    }
+
     /// The service's settings.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
@@ -236,11 +264,10 @@ impl QueryService {
             .index
             .get_or_try_init(|| async {
                 opened_now = true;
-                let model = Some(self.encoder.model_ref());
-                let cache = crate::index::SegmentCache::new(&self.cache_dir)?
-                    .with_budget(self.config.cache_budget);
-                let index = Index::open_in(self.store.clone(), cache, model).await?;
-                Ok::<_, crate::index::IndexError>(Arc::new(index))
+                let model = self.encoder.model_ref();
+                Self::open_index(self.store.clone(), &self.cache_dir, model, &self.config)
+                    .await
+                    .map(Arc::new)
             })
             .await
             .map_err(|e| {

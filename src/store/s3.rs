@@ -445,16 +445,33 @@ impl ObjectStore for S3Store {
         let file = std::fs::File::create(dest).map_err(io)?;
         file.set_len(total).map_err(io)?;
         let file = std::sync::Arc::new(file);
-        let head = first
-            .body
-            .collect()
-            .await
-            .map_err(|e| fail(DisplayErrorContext(&e).to_string()))?
-            .into_bytes();
-        write_at(&file, 0, head.clone())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let mut written = head.len() as u64;
+        // The body is written as it arrives, a few MiB at a time: a segment of a million items
+        // is about 2 GB, more than a function's memory should hold at once.
+        let mut body = first.body;
+        let mut pending = bytes::BytesMut::new();
+        let mut written = 0u64;
+        loop {
+            let chunk = body
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| fail(DisplayErrorContext(&e).to_string()))?;
+            let done = chunk.is_none();
+            if let Some(chunk) = chunk {
+                pending.extend_from_slice(&chunk);
+            }
+            if pending.len() >= WRITE_CHUNK || (done && !pending.is_empty()) {
+                let bytes = pending.split().freeze();
+                let n = bytes.len() as u64;
+                write_at(&file, written, bytes)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                written += n;
+            }
+            if done {
+                break;
+            }
+        }
         let ranges: Vec<(u64, u64)> = (written..total)
             .step_by(part as usize)
             .map(|start| (start, (start + part).min(total) - 1))
@@ -503,6 +520,9 @@ impl ObjectStore for S3Store {
         Ok(meta)
     }
 }
+
+/// How much of a download's body is gathered before it is written to the file.
+const WRITE_CHUNK: usize = 8 << 20;
 
 /// Write `bytes` at `offset` of `file`, off the async runtime.
 async fn write_at(

@@ -206,9 +206,9 @@ async fn main() {
     let event_dir = tempfile::tempdir().unwrap();
     let event_file = event_dir.path().join("event.json");
     std::fs::write(&event_file, search_event(&queries[0]).to_string()).unwrap();
-    md += "Cold start: a new process runs the query function's init (`lookalike_query::init`: load the model, \
-           create the S3 client, sync the snapshot from a local moto S3 into an empty cache) and answers one \
-           query. Process start to answer:\n\n\
+    md += "Cold start: a new process runs the query function's init (`lookalike_query::init`: create the S3 \
+           client, then load the model while the snapshot syncs from a local moto S3 into an empty cache and \
+           opens) and answers one query. Process start to answer (the model load and the sync overlap):\n\n\
            | items | segment MB | total ms | model load ms | snapshot sync ms | first query ms |\n| --- | --- | --- | --- | --- | --- |\n";
     let mut cold = Vec::new();
     let mut md_new_segment = String::new();
