@@ -75,10 +75,14 @@ pub fn default_trees(n: usize) -> usize {
 }
 
 /// How a search trades time for recall.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SearchParams {
     /// Candidates per segment scored exactly on the int8 codes (at least `k`).
     pub rerank: usize,
+    /// ...and at least this share of a segment's items: a segment of a million holds many more
+    /// near-ties than the bits can order, so its budget grows with it (BENCHMARKS.md: recall
+    /// 0.60 at 1M items in one segment with a flat 200).
+    pub rerank_share: f64,
     /// With trees, arroy gathers `rerank × tree_factor` items before ranking them by sign code.
     pub tree_factor: usize,
     /// Format 1 only: arroy visits `k × n_trees × search_k_factor` nodes per segment.
@@ -93,10 +97,15 @@ pub const DEFAULT_NPROBE: usize = 16;
 /// Candidates re-scored per segment by default.
 pub const DEFAULT_RERANK: usize = 200;
 
+/// The least share of a segment's items re-scored by default: 0.2%, which is the flat budget
+/// at 100k items and 2,000 candidates at 1M.
+pub const DEFAULT_RERANK_SHARE: f64 = 0.002;
+
 impl Default for SearchParams {
     fn default() -> Self {
         SearchParams {
             rerank: DEFAULT_RERANK,
+            rerank_share: DEFAULT_RERANK_SHARE,
             tree_factor: 4,
             search_k_factor: 40,
             nprobe: DEFAULT_NPROBE,
@@ -387,7 +396,8 @@ impl Compact {
         params: &SearchParams,
     ) -> Result<Shortlist, SegmentError> {
         let a = self.arrays(name, rtxn)?;
-        let rerank = params.rerank.max(k);
+        let by_share = (self.len as f64 * params.rerank_share.clamp(0.0, 1.0)) as usize;
+        let rerank = params.rerank.max(k).max(by_share);
         let pool: Vec<u32> = if candidates.len() as usize <= rerank {
             candidates.iter().collect()
         } else if let Some(trees) = self
