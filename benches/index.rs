@@ -108,7 +108,8 @@ async fn quality(e: &Embeddings) -> (f64, f64) {
         .iter()
         .enumerate()
         .map(|(i, key)| {
-            let r = lookalike::query::by_key(&snap, key, 10, None).unwrap();
+            let r = lookalike::query::by_key(&snap, key, &lookalike::query::SearchOptions::top(10))
+                .unwrap();
             r.results.iter().filter(|h| h.category == cats[i]).count() as f64 / 10.0
         })
         .sum::<f64>()
@@ -387,10 +388,7 @@ fn cli_throughput(md: &mut String, report: &mut serde_json::Map<String, Value>) 
 async fn main() {
     let mut report = serde_json::Map::new();
     let mut md = String::new();
-    if !Path::new(DATASET).is_dir() || !Path::new(MODEL).join("encoder.onnx").exists() {
-        println!(
-            "SKIPPED: needs {DATASET} and an imported model in {MODEL} (run scripts/demo.sh first)"
-        );
+    if testkit::bench::dataset_and_model().is_none() {
         return;
     }
     let parts = env_list("LOOKALIKE_BENCH_PARTS", "cli,quality,scale");

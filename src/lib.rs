@@ -33,6 +33,7 @@ pub mod backfill;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod duplicates;
 pub mod index;
 pub mod ingest;
 pub mod lambda;

@@ -75,6 +75,39 @@ fn index_query_stats_delete_compact() {
     ));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    // A metadata filter (compact or JSON) and a page.
+    for filter in ["title=Chelsea", r#"{"title": {"$exists": true}}"#] {
+        let out = ok(lookalike!(
+            dir.path(),
+            &[
+                "query",
+                "--key",
+                "drinks/coffee.jpg",
+                "--filter",
+                filter,
+                "--json"
+            ],
+        ));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["results"].as_array().unwrap().len(), 1, "{filter}: {v}");
+        assert_eq!(v["results"][0]["key"], "animals/chelsea.jpg");
+    }
+    let out = ok(lookalike!(
+        dir.path(),
+        &[
+            "query",
+            "--key",
+            "drinks/coffee.jpg",
+            "-k",
+            "1",
+            "--offset",
+            "1",
+            "--json"
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    assert_eq!(v["next_offset"], 2);
 
     let v: serde_json::Value =
         serde_json::from_str(&ok(lookalike!(dir.path(), &["stats", "--json"]))).unwrap();
@@ -223,6 +256,27 @@ fn clear_errors() {
     );
     let e = failed(lookalike!(dir.path(), &["query", "q.jpg", "-k", "0"]));
     assert!(e.contains("k must be between 1 and 100"), "{e}");
+    let e = failed(lookalike!(
+        dir.path(),
+        &["query", "q.jpg", "--filter", "a=1 OR"]
+    ));
+    assert!(
+        e.contains("bad --filter") && e.contains("the filter ends"),
+        "{e}"
+    );
+    let e = failed(lookalike!(
+        dir.path(),
+        &["query", "q.jpg", "--offset", "499"]
+    ));
+    assert!(e.contains("offset + k at most 500"), "{e}");
+    let e = failed(lookalike!(
+        dir.path(),
+        &["query", "q.jpg", "--min-score", "2"]
+    ));
+    assert!(
+        e.contains("min_score must be a number between -1 and 1"),
+        "{e}"
+    );
     let e = failed(lookalike!(dir.path(), &["query", "--key", "nope.jpg"]));
     assert!(e.contains("nope.jpg"), "{e}");
     if testkit::encoder().is_some() {
@@ -310,4 +364,98 @@ fn an_s3_prefix_is_keyed_as_the_ingest_function_keys_it() {
         );
         assert_eq!(index.refresh().await.unwrap().live_items(), 2);
     });
+}
+
+/// `lookalike duplicates` over a folder of three photos and four near-duplicates of each:
+/// three groups, each one photo's family whole, with the pairs that joined them.
+#[test]
+fn duplicates_groups_each_photo_with_its_variants() {
+    if testkit::encoder().is_none() {
+        return;
+    }
+    let dir = testkit::tempdir();
+    let photos = dir.path().join("photos");
+    for name in ["chelsea", "coffee", "rocket"] {
+        let bytes = std::fs::read(testkit::fixture(&format!("{name}.jpg"))).unwrap();
+        let family = photos.join(name);
+        std::fs::create_dir_all(&family).unwrap();
+        for (kind, v) in testkit::variants::variants(&bytes) {
+            std::fs::write(family.join(format!("{kind}.jpg")), v).unwrap();
+        }
+        std::fs::write(family.join("original.jpg"), bytes).unwrap();
+    }
+    let out = ok(lookalike!(dir.path(), &["index", "photos"]));
+    assert!(out.contains("indexed 15 images"), "{out}");
+
+    let out = ok(lookalike!(
+        dir.path(),
+        &["duplicates", "--min-score", "0.8", "--json"]
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["items"], 15);
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{out}");
+    for g in groups {
+        let keys: Vec<&str> = g["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let family = keys[0].split('/').next().unwrap();
+        assert_eq!(keys.len(), 5, "{keys:?}");
+        assert!(keys.iter().all(|k| k.starts_with(&format!("{family}/"))));
+        let pairs = g["pairs"].as_array().unwrap();
+        assert!(pairs.len() >= 4, "five items need four pairs to join");
+        assert!(pairs
+            .iter()
+            .all(|p| p["score"].as_f64().unwrap() >= 0.8 && p["a"].as_str() < p["b"].as_str()));
+    }
+    assert_eq!(v["grouped_items"], 15);
+
+    // The text form names the groups and their keys; a threshold above every pair finds none.
+    let out = ok(lookalike!(
+        dir.path(),
+        &["duplicates", "--min-score", "0.8"]
+    ));
+    assert!(out.starts_with("3 groups of near-duplicates"), "{out}");
+    assert!(out.contains("rocket/mirrored.jpg"), "{out}");
+    let out = ok(lookalike!(dir.path(), &["duplicates", "--min-score", "1"]));
+    assert!(out.starts_with("0 groups"), "{out}");
+
+    // One item's near-duplicates from `query`: its four variants, nothing else.
+    let out = ok(lookalike!(
+        dir.path(),
+        &[
+            "query",
+            "--key",
+            "coffee/original.jpg",
+            "-k",
+            "100",
+            "--min-score",
+            "0.8",
+            "--json"
+        ]
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let found: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(found.len(), 4, "{out}");
+    assert!(found.iter().all(|k| k.starts_with("coffee/")), "{out}");
+    assert_eq!(v["truncated"], false);
+
+    let e = failed(lookalike!(
+        dir.path(),
+        &["duplicates", "--min-score", "1.5"]
+    ));
+    assert!(
+        e.contains("min_score must be a number between -1 and 1"),
+        "{e}"
+    );
+    let e = failed(lookalike!(dir.path(), &["duplicates", "--neighbours", "0"]));
+    assert!(e.contains("--neighbours must be between 1 and 100"), "{e}");
 }

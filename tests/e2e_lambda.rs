@@ -313,6 +313,14 @@ fn upload_ingest_event_then_query_events_find_the_image() {
     let (status, similar) = emu.http(&event("http-similar.json", &bucket));
     assert_eq!(status, 200, "{similar}");
     assert_eq!(keys(&similar).len(), 2);
+    // A metadata filter (no cats), and the near-duplicates of a photo that has none here.
+    let (status, filtered) = emu.http(&event("http-search-filter.json", &bucket));
+    assert_eq!(status, 200, "{filtered}");
+    assert_eq!(keys(&filtered), ["catalog/space/rocket.jpg"]);
+    let (status, dups) = emu.http(&event("http-duplicates.json", &bucket));
+    assert_eq!(status, 200, "{dups}");
+    assert_eq!(keys(&dups).len(), 0, "{dups}");
+    assert_eq!(dups["truncated"], false, "{dups}");
     let (status, bad) = emu.http(&event("http-bad-request.json", &bucket));
     assert_eq!(status, 400);
     assert_eq!(bad["error"], "invalid_base64");
@@ -357,5 +365,31 @@ fn env_json_matches_the_template() {
             .as_str()
             .unwrap()
             .starts_with("s3://lookalike-images/"));
+    }
+}
+
+/// Every route of the API description that the query function answers has an API Gateway route
+/// in `template.yaml` (`/items/...` through `GET /items/{proxy+}`); `/images/{key}` is only
+/// `lookalike serve`'s.
+#[test]
+fn every_documented_route_is_in_the_template() {
+    let template = std::fs::read_to_string(testkit::repo_root().join("template.yaml")).unwrap();
+    let api: serde_json::Value = serde_json::from_str(lookalike::api::OPENAPI).unwrap();
+    for (path, ops) in api["paths"].as_object().unwrap() {
+        if path.starts_with("/images/") {
+            continue;
+        }
+        for method in ops.as_object().unwrap().keys() {
+            let route = if path.starts_with("/items/") {
+                "/items/{proxy+}"
+            } else {
+                path.as_str()
+            };
+            let key = format!("RouteKey: {} {route}\n", method.to_uppercase());
+            assert!(
+                template.contains(&key),
+                "{method} {path}: no {key:?} in template.yaml"
+            );
+        }
     }
 }

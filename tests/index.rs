@@ -1062,6 +1062,14 @@ async fn open_wide(store: &DynStore) -> Index {
         .unwrap()
 }
 
+/// An empty index of [`wide`] vectors in a temporary folder (kept while the folder lives).
+async fn wide_folder_index() -> (tempfile::TempDir, Index) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
+    let index = open_wide(&store).await;
+    (dir, index)
+}
+
 /// Exact top-k keys of `query` among `items` (cosine on the full-precision vectors).
 fn exact_keys(items: &[(ItemRecord, Vec<f32>)], query: &[f32], k: usize) -> Vec<String> {
     let mut scored: Vec<(f32, &str)> = items
@@ -1315,4 +1323,240 @@ async fn first_format_indexes_are_read_and_compacted_into_the_new_format() {
     let mut live = live;
     live.extend(extra);
     assert_eq!(recall(&index, &live, &queries), 1.0);
+}
+
+/// Items with metadata to filter on: a color (none on every seventh), a price as text, sizes as
+/// a list, and a few categories.
+fn item_with_fields(i: usize, v: Vec<f32>) -> (ItemRecord, Vec<f32>) {
+    let (mut record, v) = item(&format!("c{}/{i}.jpg", i % 4), "e", v);
+    let m = &mut record.metadata;
+    if !i.is_multiple_of(7) {
+        m.insert("color".into(), ["red", "blue", "green"][i % 3].into());
+    }
+    m.insert("price".into(), format!("{}.5", i % 100).into());
+    m.insert(
+        "sizes".into(),
+        serde_json::json!([format!("s{}", i % 5), format!("s{}", (i + 1) % 5)]),
+    );
+    (record, v)
+}
+
+/// Filters of both forms, from wide to very selective.
+fn sample_filters() -> Vec<lookalike::index::Filter> {
+    use lookalike::index::filter::{json, text};
+    let mut v: Vec<_> = [
+        "color=red",
+        "color=red|blue,category=c1",
+        "price>=10,price<20.5",
+        "price<=3.5 OR category=c3",
+        "NOT EXISTS color",
+        "color!=green",
+        "sizes=s2",
+        "(color=blue OR sizes=s4) AND NOT category=c0",
+        "price>1000",
+        "category=c2,price<2",
+    ]
+    .iter()
+    .map(|t| text::parse(t).unwrap())
+    .collect();
+    v.push(
+        json::parse(&serde_json::json!({
+            "$or": [{"color": {"$in": ["green"]}}, {"price": {"$gt": 95}}],
+            "sizes": {"$nin": ["s0"]}
+        }))
+        .unwrap(),
+    );
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_agree_with_a_brute_force_evaluation() {
+    // Three segments of 200: every candidate is scored, so a filtered search must return the
+    // exact top 10 of the matching items (up to the codes' precision), and all of them when
+    // fewer than 10 match.
+    use lookalike::index::{Page, Scope};
+    let mut rng = StdRng::seed_from_u64(21);
+    let items: Vec<_> = (0..600)
+        .map(|i| item_with_fields(i, wide_vec(&mut rng)))
+        .collect();
+    let (_dir, index) = wide_folder_index().await;
+    for batch in items.chunks(200) {
+        writer::append(&index, &wide(), batch.to_vec(), &[], BuildParams::default())
+            .await
+            .unwrap();
+    }
+    let snap = index.refresh().await.unwrap();
+    let queries: Vec<Vec<f32>> = (0..5).map(|_| wide_vec(&mut rng)).collect();
+    for filter in sample_filters() {
+        let matching: Vec<_> = items
+            .iter()
+            .filter(|(r, _)| filter.matches(&r.category, &r.metadata))
+            .cloned()
+            .collect();
+        for q in &queries {
+            let scope = Scope {
+                filter: Some(&filter),
+                ..Scope::default()
+            };
+            let page = Page { offset: 0, k: 10 };
+            let hits = snap.search_page(q, page, &scope, &snap.params).unwrap();
+            assert_eq!(hits.len(), matching.len().min(10), "{filter:?}");
+            let exact = |v: &[f32]| -> f32 { v.iter().zip(q).map(|(a, b)| a * b).sum() };
+            let mut scores: Vec<f32> = matching.iter().map(|(_, v)| exact(v)).collect();
+            scores.sort_by(|a, b| b.total_cmp(a));
+            for hit in &hits {
+                let r = &hit.record;
+                assert!(
+                    filter.matches(&r.category, &r.metadata),
+                    "{filter:?}: {}",
+                    r.key
+                );
+                let (_, v) = items.iter().find(|(x, _)| x.key == r.key).unwrap();
+                let nth = scores[hits.len() - 1];
+                assert!(exact(v) >= nth - 1e-3, "{filter:?}: {} below", r.key);
+            }
+        }
+    }
+    // A filter and a category narrow together; an unknown field matches nothing.
+    let f = lookalike::index::filter::text::parse("color=red").unwrap();
+    let scope = Scope {
+        category: Some("c1"),
+        filter: Some(&f),
+        exclude_key: None,
+    };
+    let hits = snap
+        .search_page(&queries[0], Page { offset: 0, k: 50 }, &scope, &snap.params)
+        .unwrap();
+    let want = items
+        .iter()
+        .filter(|(r, _)| r.category == "c1" && f.matches(&r.category, &r.metadata))
+        .count();
+    assert_eq!(hits.len(), want);
+    let none = lookalike::index::filter::text::parse("nosuch=1").unwrap();
+    let scope = Scope {
+        filter: Some(&none),
+        ..Scope::default()
+    };
+    let page = Page { offset: 0, k: 10 };
+    assert!(snap
+        .search_page(&queries[0], page, &scope, &snap.params)
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_the_nearest_lists_lack_still_returns_k_results() {
+    // Two clusters in one segment with inverted lists; the filter keeps the far cluster (more
+    // than half the items, so the search probes lists rather than scanning the candidates).
+    // The 16 lists nearest the query hold none of them: the search goes on to further lists.
+    use lookalike::index::{Page, Scope};
+    let mut rng = StdRng::seed_from_u64(22);
+    let axis = wide_vec(&mut rng);
+    let near = |sign: f32, rng: &mut StdRng| -> Vec<f32> {
+        let noise = wide_vec(rng);
+        unit(
+            axis.iter()
+                .zip(&noise)
+                .map(|(a, n)| sign * 3.0 * a + n)
+                .collect(),
+        )
+    };
+    let items: Vec<_> = (0..3000)
+        .map(|i| {
+            let far = i % 5 < 3;
+            let (mut r, v) = item(
+                &format!("c/{i}.jpg"),
+                "e",
+                near(if far { -1.0 } else { 1.0 }, &mut rng),
+            );
+            r.metadata
+                .insert("side".into(), if far { "far" } else { "near" }.into());
+            (r, v)
+        })
+        .collect();
+    let (_dir, index) = wide_folder_index().await;
+    let build = BuildParams {
+        ivf_from: 1000,
+        ..BuildParams::default()
+    };
+    writer::append(&index, &wide(), items.clone(), &[], build)
+        .await
+        .unwrap();
+    let snap = index.refresh().await.unwrap();
+    let filter = lookalike::index::filter::text::parse("side=far").unwrap();
+    let scope = Scope {
+        filter: Some(&filter),
+        ..Scope::default()
+    };
+    let q = near(1.0, &mut rng);
+    let hits = snap
+        .search_page(&q, Page { offset: 0, k: 10 }, &scope, &snap.params)
+        .unwrap();
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|h| h.record.metadata["side"] == "far"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_disjoint_and_together_one_search() {
+    use lookalike::query::{self, SearchOptions, MAX_DEPTH};
+    let mut rng = StdRng::seed_from_u64(23);
+    let items: Vec<_> = (0..3600)
+        .map(|i| item_with_fields(i, wide_vec(&mut rng)))
+        .collect();
+    let (_dir, index) = wide_folder_index().await;
+    // A big segment with inverted lists and two small ones.
+    let build = BuildParams {
+        ivf_from: 1000,
+        ..BuildParams::default()
+    };
+    writer::append(&index, &wide(), items[..3000].to_vec(), &[], build)
+        .await
+        .unwrap();
+    for batch in items[3000..].chunks(300) {
+        writer::append(&index, &wide(), batch.to_vec(), &[], BuildParams::default())
+            .await
+            .unwrap();
+    }
+    let snap = index.refresh().await.unwrap();
+    let key = "c1/3001.jpg";
+    for filter in [None, Some("color=red|blue")] {
+        let paged = |offset: usize, k: usize| SearchOptions {
+            offset: Some(offset),
+            filter: filter.map(|f| lookalike::index::filter::text::parse(f).unwrap()),
+            ..SearchOptions::top(k)
+        };
+        let whole = query::by_key(&snap, key, &paged(0, 100)).unwrap();
+        assert_eq!(whole.results.len(), 100);
+        assert_eq!(whole.next_offset, Some(100));
+        let mut joined = Vec::new();
+        let mut offset = Some(0);
+        for _ in 0..10 {
+            let page = query::by_key(&snap, key, &paged(offset.unwrap(), 10)).unwrap();
+            assert_eq!(page.index_version, whole.index_version);
+            joined.extend(page.results.into_iter().map(|r| r.key));
+            offset = page.next_offset;
+        }
+        assert_eq!(offset, Some(100));
+        let want: Vec<String> = whole.results.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(joined, want, "filter {filter:?}");
+        assert_eq!(joined.iter().collect::<HashSet<_>>().len(), 100, "disjoint");
+        // The last page that fits: no next offset past the deepest.
+        let last = query::by_key(&snap, key, &paged(MAX_DEPTH - 10, 10)).unwrap();
+        assert_eq!(last.results.len(), 10);
+        assert_eq!(last.next_offset, None);
+    }
+    // Out of range: a negative offset, or deeper than MAX_DEPTH.
+    assert!(matches!(
+        query::check_offset(-1, 10),
+        Err(query::QueryError::BadOffset { .. })
+    ));
+    let too_deep = SearchOptions {
+        offset: Some(MAX_DEPTH - 5),
+        ..SearchOptions::top(10)
+    };
+    let err = query::by_key(&snap, key, &too_deep).unwrap_err();
+    assert!(err.to_string().contains("offset + k at most 500"), "{err}");
+    // Unpaged searches return no next offset.
+    let plain = query::by_key(&snap, key, &SearchOptions::top(10)).unwrap();
+    assert_eq!(plain.next_offset, None);
 }

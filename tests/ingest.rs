@@ -114,8 +114,7 @@ async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
             &encoder,
             &fixture("chelsea.jpg"),
             &Limits::default(),
-            3,
-            None,
+            &query::SearchOptions::top(3),
         )
         .unwrap();
         assert_eq!(r.results[0].key, "animals/chelsea.jpg", "{name}");
@@ -129,25 +128,24 @@ async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
             &encoder,
             &fixture("chelsea.jpg"),
             &Limits::default(),
-            10,
-            Some("patterns"),
+            &query::SearchOptions::top(10).in_category(Some("patterns")),
         )
         .unwrap();
         assert_eq!(r.results.len(), 6);
         assert!(r.results.iter().all(|h| h.category == "patterns"));
-        let r = query::by_key(&snap, "drinks/coffee.jpg", 5, None).unwrap();
+        let r = query::by_key(&snap, "drinks/coffee.jpg", &query::SearchOptions::top(5)).unwrap();
         assert_eq!(r.results.len(), 5);
         assert!(r.results.iter().all(|h| h.key != "drinks/coffee.jpg"));
         assert!(matches!(
-            query::by_key(&snap, "nope.jpg", 5, None),
+            query::by_key(&snap, "nope.jpg", &query::SearchOptions::top(5)),
             Err(query::QueryError::UnknownKey(_))
         ));
         assert!(matches!(
-            query::by_key(&snap, "drinks/coffee.jpg", 0, None),
+            query::by_key(&snap, "drinks/coffee.jpg", &query::SearchOptions::top(0)),
             Err(query::QueryError::BadK(0))
         ));
         assert!(matches!(
-            query::by_key(&snap, "drinks/coffee.jpg", 101, None),
+            query::by_key(&snap, "drinks/coffee.jpg", &query::SearchOptions::top(101)),
             Err(query::QueryError::BadK(101))
         ));
 
@@ -186,8 +184,7 @@ async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
             &encoder,
             &fixture("rocket.jpg"),
             &Limits::default(),
-            2,
-            None,
+            &query::SearchOptions::top(2),
         )
         .unwrap();
         let keys: HashSet<_> = r.results.iter().map(|h| h.key.as_str()).collect();
@@ -201,8 +198,7 @@ async fn photos_round_trip_with_metadata_duplicates_and_rejections() {
             &encoder,
             &fixture("coffee.jpg"),
             &Limits::default(),
-            8,
-            None,
+            &query::SearchOptions::top(8),
         )
         .unwrap();
         assert!(r.results.iter().all(|h| h.key != "patterns/0.jpg"));

@@ -225,8 +225,7 @@ fn top_key(index: &Index, encoder: &Encoder, image: &[u8]) -> (String, f32) {
         encoder,
         image,
         &Limits::default(),
-        3,
-        None,
+        &query::SearchOptions::top(3),
     )
     .unwrap();
     (r.results[0].key.clone(), r.results[0].score)

@@ -77,6 +77,36 @@ fn serves_the_api_the_page_and_only_indexed_images() {
     assert_eq!(answer["query"]["url"], "images/animals/chelsea.jpg");
     assert_eq!(answer["query"]["category"], "animals");
 
+    // A filter, pages, near-duplicates: the same routes as the query function's.
+    let answer = get(
+        addr,
+        "/items/animals/chelsea.jpg/similar?k=5&filter=category!%3Danimals",
+    )
+    .json();
+    let found = keys_of(&answer);
+    assert_eq!(found.len(), 5, "{answer}");
+    assert!(found.iter().all(|k| !k.starts_with("animals/")), "{answer}");
+    let page = |offset: usize, k: usize| {
+        keys_of(
+            &get(
+                addr,
+                &format!("/items/animals/chelsea.jpg/similar?k={k}&offset={offset}"),
+            )
+            .json(),
+        )
+    };
+    let (first, second) = (page(0, 2), page(2, 2));
+    assert_eq!([first, second].concat(), page(0, 4));
+    let answer = get(addr, "/items/drinks/coffee.jpg/duplicates").json();
+    let found = keys_of(&answer);
+    assert!(found.contains(&ODD_KEY.to_string()), "{answer}");
+    assert!(found.iter().all(|k| k.starts_with("drinks/")), "{answer}");
+    assert!(answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["score"].as_f64().unwrap() >= 0.92));
+
     // By image: the same photo first; the odd key's URL is percent-encoded and serves it.
     let coffee = std::fs::read(testkit::fixture("coffee.jpg")).unwrap();
     let r = request(

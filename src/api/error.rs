@@ -132,6 +132,8 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
             QueryError::BadK(_) => Self::bad_request("bad_k", e.to_string()),
+            QueryError::BadOffset { .. } => Self::bad_request("bad_offset", e.to_string()),
+            QueryError::BadMinScore(_) => Self::bad_request("bad_min_score", e.to_string()),
             QueryError::UnknownKey(_) => Self::new(404, "unknown_key", e.to_string()),
             QueryError::Image(EncodeError::Image(img)) => img.into(),
             QueryError::Image(EncodeError::Model(m)) => {

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | `POST /search?k=&category=` | image body (JPEG, PNG, WebP, GIF, BMP) or JSON `{"key"}` / `{"image_base64"}` |
 //! | `GET /items/{key}/similar?k=&category=` | the images similar to an indexed one |
+//! | `GET /items/{key}/duplicates?min_score=`, `POST /duplicates` | every image at least that similar (up to 100) |
+//! | any search: `filter=`, `offset=`, `min_score=` | a metadata filter, a page, a threshold |
 //! | `GET /stats` | items, segments, version, model, categories |
 //! | `GET /openapi.json` | [`OPENAPI`] |
 //! | `GET /` | the search page, [`PAGE`] |

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::query::{check_k, DEFAULT_K};
+use crate::index::filter;
+pub use crate::query::SearchOptions as SearchParams;
+use crate::query::{check_k, check_min_score, check_offset, DEFAULT_MIN_SCORE};
 
 /// An HTTP request: `path` and `query` as they came over the wire (percent-encoded).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,15 +26,6 @@ pub struct ApiRequest {
     pub body: Bytes,
     /// The `If-None-Match` header (`GET /images/{key}` answers 304 when it names the image).
     pub if_none_match: Option<String>,
-}
-
-/// Number of results and the category filter of a search.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SearchParams {
-    /// Number of results.
-    pub k: usize,
-    /// Only items of this category.
-    pub category: Option<String>,
 }
 
 /// What to search with.
@@ -133,6 +126,10 @@ struct SearchBody {
     image_base64: Option<String>,
     k: Option<i64>,
     category: Option<String>,
+    /// A JSON filter object, or the compact form as a string.
+    filter: Option<serde_json::Value>,
+    offset: Option<i64>,
+    min_score: Option<f64>,
 }
 
 /// Standard base64 with or without padding.
@@ -198,7 +195,11 @@ impl ApiRequest {
             "" | "/index.html" => allow("GET").map(|_| Route::Page),
             "/search" => {
                 allow("POST")?;
-                self.search(max_image_bytes)
+                self.search(max_image_bytes, SearchParams::default())
+            }
+            "/duplicates" => {
+                allow("POST")?;
+                self.search(max_image_bytes, duplicates())
             }
             "/stats" => allow("GET").map(|_| Route::Stats),
             "/openapi.json" => allow("GET").map(|_| Route::OpenApi),
@@ -208,14 +209,19 @@ impl ApiRequest {
                     allow("GET")?;
                     return Ok(Route::Image(decode_key(raw_key)?));
                 }
-                match path
-                    .strip_prefix("/items/")
-                    .and_then(|p| p.strip_suffix("/similar"))
-                {
-                    Some(raw_key) if !raw_key.is_empty() => {
+                let item = path.strip_prefix("/items/");
+                let similar = item.and_then(|p| p.strip_suffix("/similar"));
+                let dups = item.and_then(|p| p.strip_suffix("/duplicates"));
+                match similar.map(|k| (k, false)).or(dups.map(|k| (k, true))) {
+                    Some((raw_key, dups)) if !raw_key.is_empty() => {
                         allow("GET")?;
                         let key = decode_key(raw_key)?;
-                        Ok(Route::Search(SearchInput::Key(key), self.params()?))
+                        let defaults = if dups {
+                            duplicates()
+                        } else {
+                            SearchParams::default()
+                        };
+                        Ok(Route::Search(SearchInput::Key(key), self.params(defaults)?))
                     }
                     _ => Err(ApiError::not_found(format!(
                         "no route for {} {}; see GET /openapi.json",
@@ -226,24 +232,29 @@ impl ApiRequest {
         }
     }
 
-    /// `k` and `category` from the query string.
-    fn params(&self) -> Result<SearchParams, ApiError> {
-        let mut params = SearchParams {
-            k: DEFAULT_K,
-            category: None,
-        };
+    /// `k`, `category`, `filter`, `offset` and `min_score` from the query string, over the
+    /// route's defaults.
+    fn params(&self, defaults: SearchParams) -> Result<SearchParams, ApiError> {
+        let mut params = defaults;
+        let mut offset = None;
         for (name, value) in form_urlencoded::parse(self.query.as_bytes()) {
             match name.as_ref() {
                 "k" => params.k = parse_k(&value)?,
                 "category" if !value.is_empty() => params.category = Some(value.into_owned()),
+                "filter" if !value.trim().is_empty() => {
+                    params.filter = Some(parse_filter_text(&value)?)
+                }
+                "offset" => offset = Some(parse_int("offset", &value)?),
+                "min_score" => params.min_score = Some(parse_min_score(&value)?),
                 _ => {}
             }
         }
+        params.offset = offset.map(|o| checked_offset(o, params.k)).transpose()?;
         Ok(params)
     }
 
-    fn search(&self, max_image_bytes: usize) -> Result<Route, ApiError> {
-        let mut params = self.params()?;
+    fn search(&self, max_image_bytes: usize, defaults: SearchParams) -> Result<Route, ApiError> {
+        let mut params = self.params(defaults)?;
         let Some(content_type) = self.content_type.as_deref().map(media_type) else {
             return Err(ApiError::unsupported_media_type(
                 "missing Content-Type: send an image (image/jpeg, image/png, image/webp) or application/json",
@@ -269,6 +280,26 @@ impl ApiRequest {
             }
             if let Some(c) = body.category.filter(|c| !c.is_empty()) {
                 params.category = Some(c);
+            }
+            match body.filter {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(text)) if text.trim().is_empty() => {}
+                Some(serde_json::Value::String(text)) => {
+                    params.filter = Some(parse_filter_text(&text)?)
+                }
+                Some(v) => {
+                    params.filter = Some(filter::json::parse(&v).map_err(|e| {
+                        ApiError::bad_request("bad_filter", format!("bad filter: {e}"))
+                    })?)
+                }
+            }
+            if let Some(m) = body.min_score {
+                params.min_score = Some(checked_min_score(m)?);
+            }
+            if let Some(o) = body.offset {
+                params.offset = Some(checked_offset(o, params.k)?);
+            } else if let Some(o) = params.offset {
+                params.offset = Some(checked_offset(o as i64, params.k)?);
             }
             let input = match (body.key, body.image_base64) {
                 (Some(key), None) => SearchInput::Key(check_key(key)?),
@@ -299,11 +330,51 @@ impl ApiRequest {
     }
 }
 
+fn parse_int(name: &'static str, value: &str) -> Result<i64, ApiError> {
+    let code = if name == "k" { "bad_k" } else { "bad_offset" };
+    value.trim().parse().map_err(|_| {
+        ApiError::bad_request(code, format!("{name} must be an integer, got {value:?}"))
+    })
+}
+
 fn parse_k(value: &str) -> Result<usize, ApiError> {
-    let k: i64 = value.trim().parse().map_err(|_| {
-        ApiError::bad_request("bad_k", format!("k must be an integer, got {value:?}"))
+    check_k(parse_int("k", value)?).map_err(|e| ApiError::bad_request("bad_k", e.to_string()))
+}
+
+/// What a duplicates route searches for unless told: up to 100 results at or above the
+/// default threshold.
+fn duplicates() -> SearchParams {
+    SearchParams::duplicates(DEFAULT_MIN_SCORE)
+}
+
+fn parse_min_score(value: &str) -> Result<f32, ApiError> {
+    let m: f64 = value.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "bad_min_score",
+            format!("min_score must be a number, got {value:?}"),
+        )
     })?;
-    check_k(k).map_err(|e| ApiError::bad_request("bad_k", e.to_string()))
+    checked_min_score(m)
+}
+
+fn checked_min_score(m: f64) -> Result<f32, ApiError> {
+    check_min_score(m).map_err(|e| ApiError::bad_request("bad_min_score", e.to_string()))
+}
+
+fn checked_offset(offset: i64, k: usize) -> Result<usize, ApiError> {
+    check_offset(offset, k).map_err(|e| ApiError::bad_request("bad_offset", e.to_string()))
+}
+
+/// A filter of a query string: the compact form, or JSON when it starts with `{`.
+fn parse_filter_text(text: &str) -> Result<filter::Filter, ApiError> {
+    let parsed = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| filter::FilterError(format!("the filter is not valid JSON: {e}")))
+            .and_then(|v| filter::json::parse(&v))
+    } else {
+        filter::text::parse(text)
+    };
+    parsed.map_err(|e| ApiError::bad_request("bad_filter", format!("bad filter: {e}")))
 }
 
 fn check_size(len: usize, max: usize) -> Result<(), ApiError> {
@@ -319,7 +390,7 @@ fn check_size(len: usize, max: usize) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::MAX_K;
+    use crate::query::{DEFAULT_K, MAX_K};
 
     const MAX: usize = 1000;
 
@@ -352,10 +423,7 @@ mod tests {
     }
 
     fn params(k: usize, category: Option<&str>) -> SearchParams {
-        SearchParams {
-            k,
-            category: category.map(str::to_string),
-        }
+        SearchParams::top(k).in_category(category)
     }
 
     fn route(req: &ApiRequest) -> Route {

@@ -129,6 +129,12 @@ pub struct ApiSearchResponse {
     pub took_ms: f64,
     /// The manifest version searched (pages and retries can tell whether the index changed).
     pub index_version: u64,
+    /// For a paged search (`offset` given) that may have more: the next page's `offset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+    /// With `min_score`: whether all `k` results passed it (more items may).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
     /// Where the time went.
     pub timings: ApiTimings,
 }
@@ -487,14 +493,11 @@ impl QueryService {
         // Decoding and encoding are CPU-bound: off the async runtime, on one thread per core
         // however many requests wait (see `task::compute`). A panic in there becomes a 500,
         // not a dead process.
-        let found: SearchResponse = task::compute(move || {
-            let category = params.category.as_deref();
-            match input {
-                SearchInput::Image(bytes) => {
-                    query::by_image(&snapshot, &encoder, &bytes, &limits, params.k, category)
-                }
-                SearchInput::Key(key) => query::by_key(&snapshot, &key, params.k, category),
+        let found: SearchResponse = task::compute(move || match input {
+            SearchInput::Image(bytes) => {
+                query::by_image(&snapshot, &encoder, &bytes, &limits, &params)
             }
+            SearchInput::Key(key) => query::by_key(&snapshot, &key, &params),
         })
         .await
         .map_err(|e| ApiError::internal("the search task failed").with_detail(e))??;
@@ -524,6 +527,8 @@ impl QueryService {
             results,
             took_ms: start.elapsed().as_secs_f64() * 1e3,
             index_version: found.index_version,
+            next_offset: found.next_offset,
+            truncated: found.truncated,
             timings: ApiTimings {
                 query: found.timings,
                 presign_ms: t.elapsed().as_secs_f64() * 1e3,

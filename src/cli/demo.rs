@@ -96,6 +96,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         model: args.model,
         k: args.k,
         category: None,
+        filter: None,
+        offset: None,
+        min_score: None,
         json: false,
     })
     .await?;

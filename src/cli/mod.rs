@@ -3,6 +3,7 @@
 
 mod common;
 mod demo;
+mod duplicates;
 mod indexing;
 mod maintenance;
 mod model;
@@ -42,6 +43,8 @@ pub enum Command {
     Query(search::QueryArgs),
     /// Show what the index holds.
     Stats(search::StatsArgs),
+    /// Find groups of near-duplicate images across the whole index.
+    Duplicates(duplicates::DuplicatesArgs),
     /// Remove keys from the index.
     Delete(maintenance::DeleteArgs),
     /// Merge segments (tiered by default, `--all` for one segment).
@@ -99,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Index(args) => indexing::run(args).await,
         Command::Query(args) => search::query(args).await,
         Command::Stats(args) => search::stats(args).await,
+        Command::Duplicates(args) => duplicates::run(args).await,
         Command::Delete(args) => maintenance::delete(args).await,
         Command::Compact(args) => maintenance::compact(args).await,
         Command::Gc(args) => maintenance::gc(args).await,

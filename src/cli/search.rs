@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use lookalike::index::filter;
 use lookalike::preprocess::Limits;
 use lookalike::query;
 
@@ -28,17 +29,51 @@ pub struct QueryArgs {
     /// Only results from this category (folder name).
     #[arg(long)]
     pub category: Option<String>,
+    /// Only results this filter keeps: the compact form (`color=red,price<50`) or JSON
+    /// (`{"color": "red"}`); see the README's "Filters".
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Skip this many results (a later page; offset + k at most 500).
+    #[arg(long)]
+    pub offset: Option<i64>,
+    /// Only results at least this similar (cosine, -1..=1): the near-duplicates of the query
+    /// (with k up to 100; the README's "Near-duplicates").
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_score: Option<f64>,
     /// Print JSON: {"results": [{"key", "score", "category", "metadata"}], ...}.
     #[arg(long)]
     pub json: bool,
 }
 
-pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
+/// The search options of the command line.
+fn options(args: &QueryArgs) -> anyhow::Result<query::SearchOptions> {
     let k = query::check_k(args.k)?;
+    let mut options = query::SearchOptions::top(k).in_category(args.category.as_deref());
+    if let Some(text) = &args.filter {
+        let parsed = if text.trim_start().starts_with('{') {
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| anyhow::anyhow!("--filter is not valid JSON: {e}"))?;
+            filter::json::parse(&value)
+        } else {
+            filter::text::parse(text)
+        };
+        options.filter = Some(parsed.map_err(|e| anyhow::anyhow!("bad --filter: {e}"))?);
+    }
+    if let Some(offset) = args.offset {
+        options.offset = Some(query::check_offset(offset, k)?);
+    }
+    if let Some(m) = args.min_score {
+        options.min_score = Some(query::check_min_score(m)?);
+    }
+    Ok(options)
+}
+
+pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let options = options(&args)?;
     let response = if let Some(key) = &args.key {
         let index = args.location.open(None).await?;
         let snapshot = index.snapshot();
-        query::by_key(&snapshot, key, k, args.category.as_deref())?
+        query::by_key(&snapshot, key, &options)?
     } else {
         let path = args.image.as_ref().expect("clap requires image or key");
         let bytes = std::fs::read(path)
@@ -51,8 +86,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
             &encoder,
             &bytes,
             &Limits::for_queries(),
-            k,
-            args.category.as_deref(),
+            &options,
         )?
     };
     if args.json {

@@ -156,14 +156,27 @@ pub fn build(vectors: &[&[f32]], dims: usize, lists: usize, seed: u64) -> Lists 
     }
 }
 
-/// The `nprobe` lists whose centroids are nearest to `query`.
-pub fn probe(centroids: &[f32], dims: usize, query: &[f32], nprobe: usize) -> Vec<usize> {
+fn scores(centroids: &[f32], dims: usize, query: &[f32]) -> Vec<f32> {
     // One query against the centroids: a dot product per list. (A matrix product would pack
     // the whole centroid matrix on every search, which cost more than the products.)
-    let scores: Vec<f32> = centroids
+    centroids
         .chunks_exact(dims.max(1))
         .map(|c| super::quant::dot_f32(query, c))
-        .collect();
+        .collect()
+}
+
+/// Every list, nearest to `query` first (for a filtered search whose nearest lists hold too
+/// few of its candidates).
+pub fn ranked(centroids: &[f32], dims: usize, query: &[f32]) -> Vec<usize> {
+    let scores = scores(centroids, dims, query);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
+
+/// The `nprobe` lists whose centroids are nearest to `query`.
+pub fn probe(centroids: &[f32], dims: usize, query: &[f32], nprobe: usize) -> Vec<usize> {
+    let scores = scores(centroids, dims, query);
     let mut order: Vec<usize> = (0..scores.len()).collect();
     let nprobe = nprobe.clamp(1, order.len().max(1));
     if order.len() > nprobe {

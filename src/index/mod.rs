@@ -8,6 +8,7 @@
 //! - [`segment_error`]: why a segment cannot be written or read.
 //! - [`cache`]: verified local copies of segments.
 //! - [`snapshot`]: a consistent read view and the merged multi-segment search.
+//! - [`filter`]: metadata filters, their JSON and compact forms, per-field bitmaps.
 //! - [`writer`]: appending segments, deleting keys, compaction and garbage collection.
 //! - [`maintain`]: compaction rounds and garbage collection as one unattended run.
 //! - [`sequencer`]: S3's order of the changes of one key.
@@ -16,6 +17,7 @@
 
 pub mod cache;
 pub mod clock;
+pub mod filter;
 pub mod ivf;
 pub mod lease;
 pub mod maintain;
@@ -32,9 +34,10 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use cache::{SegmentCache, SyncReport};
+pub use filter::{Filter, FilterError};
 pub use manifest::{Manifest, ManifestError, SegmentEntry, MANIFEST_KEY};
 pub use segment::{ItemRecord, Segment, SegmentError};
-pub use snapshot::{Hit, Snapshot};
+pub use snapshot::{Hit, Page, Scope, Snapshot};
 
 use crate::model::ModelRef;
 use crate::store::{DynStore, GetResult, StoreError};

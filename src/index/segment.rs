@@ -20,6 +20,8 @@ use heed::{CommitOrAbort, CompactionOption, Database, Env, EnvFlags, EnvOpenOpti
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
+use super::filter::{Field, FieldIndex};
+
 pub use super::segment_error::SegmentError;
 use super::vectors::{self, BitTrees, Codes, Vectors};
 pub use super::vectors::{default_trees, refine_count, BuildParams, SearchParams, Shortlist};
@@ -245,6 +247,8 @@ pub struct Segment {
     pub dims: usize,
     /// Items in the segment.
     pub len: u32,
+    /// Per-field value bitmaps, each built on the first filter that tests its field.
+    fields: Mutex<HashMap<Field, Arc<FieldIndex>>>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -369,6 +373,7 @@ impl Segment {
             model_id,
             dims,
             len,
+            fields: Mutex::default(),
         })
     }
 
@@ -389,6 +394,30 @@ impl Segment {
             out.push(entry.map_err(|e| self.lmdb(e))?);
         }
         Ok(out)
+    }
+
+    /// The value bitmaps of `fields` (in that order), over all the segment's items. A field's
+    /// first use reads every record once; later filters on it are lookups.
+    pub fn field_indexes(&self, fields: &[&Field]) -> Result<Vec<Arc<FieldIndex>>, SegmentError> {
+        let lock = || self.fields.lock().unwrap_or_else(|p| p.into_inner());
+        let missing: Vec<&Field> = {
+            let have = lock();
+            fields
+                .iter()
+                .copied()
+                .filter(|f| !have.contains_key(*f))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let records = self.records()?;
+            let built = FieldIndex::build(&missing, records.iter().map(|(id, r)| (*id, r)));
+            let mut have = lock();
+            for (f, index) in missing.into_iter().zip(built) {
+                have.entry(f.clone()).or_insert_with(|| Arc::new(index));
+            }
+        }
+        let have = lock();
+        Ok(fields.iter().map(|f| have[*f].clone()).collect())
     }
 
     /// The item id of `key`, if the segment holds it.

@@ -85,6 +85,9 @@ pub struct SearchParams {
     pub rerank_share: f64,
     /// With trees, arroy gathers `rerank × tree_factor` items before ranking them by sign code.
     pub tree_factor: usize,
+    /// Size the candidate budgets for at least this many results (0: for as many as asked).
+    /// Pages of one query searched with the same `depth` are slices of one ranking.
+    pub depth: usize,
     /// Format 1 only: arroy visits `k × n_trees × search_k_factor` nodes per segment.
     pub search_k_factor: usize,
     /// In segments with inverted lists, the lists nearest the query whose items are scanned.
@@ -106,6 +109,7 @@ impl Default for SearchParams {
         SearchParams {
             rerank: DEFAULT_RERANK,
             rerank_share: DEFAULT_RERANK_SHARE,
+            depth: 0,
             tree_factor: 4,
             search_k_factor: 40,
             nprobe: DEFAULT_NPROBE,
@@ -405,11 +409,12 @@ impl Compact {
             .filter(|_| candidates.len() * 2 >= self.len as u64)
         {
             self.tree_candidates(name, rtxn, trees, query, rerank, candidates, params)?
-        } else if let Some(ivf) = self
-            .ivf
-            .as_ref()
-            .filter(|_| candidates.len() * 2 >= self.len as u64)
-        {
+        } else if let Some(ivf) = self.ivf.as_ref().filter(|(centroids, _)| {
+            // Probe when the nearest lists should hold the budget of candidates (a filter
+            // that keeps few items is cheaper to scan: its items' bits, nothing else).
+            let lists = (centroids.len() / self.dims.max(1)).max(1) as u64;
+            candidates.len() * (params.nprobe as u64).clamp(1, lists) >= rerank as u64 * lists
+        }) {
             self.probe_candidates(&a, ivf, query, rerank, candidates, params)
         } else {
             self.scan_candidates(&a, query, rerank, candidates)
@@ -487,7 +492,7 @@ impl Compact {
         let w8 = q.len() * 8;
         let mut dist: Vec<(u32, u16)> = Vec::new();
         let mut run = Vec::new();
-        for list in super::ivf::probe(centroids, self.dims, query, params.nprobe) {
+        let mut scan = |list: usize, dist: &mut Vec<(u32, u16)>| {
             let (from, to) = (offsets[list] as usize, offsets[list + 1] as usize);
             run.clear();
             quant::hamming_all(&a.bits[from * w8..to * w8], &q, &mut run);
@@ -497,6 +502,22 @@ impl Compact {
                     .map(|(i, &d)| ((from + i) as u32, d))
                     .filter(|&(id, _)| all || candidates.contains(id)),
             );
+        };
+        let probed = super::ivf::probe(centroids, self.dims, query, params.nprobe);
+        for &list in &probed {
+            scan(list, &mut dist);
+        }
+        if !all && dist.len() < r {
+            // A filter that keeps few items of the nearest lists: further lists, nearest
+            // first, until the budget is full, so that a filter never costs results.
+            for list in super::ivf::ranked(centroids, self.dims, query) {
+                if dist.len() >= r {
+                    break;
+                }
+                if !probed.contains(&list) {
+                    scan(list, &mut dist);
+                }
+            }
         }
         quant::smallest(&dist, r, self.thermo.thresholds.len())
     }

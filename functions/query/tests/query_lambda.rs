@@ -265,6 +265,60 @@ fn every_endpoint_answers_from_the_events_files() {
         .await;
         assert_eq!(result_keys(&r.body), vec!["catalog/cats/chelsea.jpg"]);
 
+        // Metadata filters: the compact form in the query string (percent-encoded), JSON in
+        // the body; a filter that keeps nothing answers no results, not an error.
+        let r = send(
+            &service,
+            image_event(
+                &fixture("coffee.jpg"),
+                "filter=shop%3Dtest%2Ccategory%21%3Dcats",
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let keys = result_keys(&r.body);
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(!keys.contains(&"catalog/cats/chelsea.jpg".to_string()));
+        let body = json!({"key": "catalog/drinks/coffee.jpg", "filter": {"category": {"$in": ["space"]}, "shop": "test"}});
+        let r = send(&service, json_search(&body.to_string())).await;
+        assert_eq!(result_keys(&r.body), vec!["catalog/space/rocket.jpg"]);
+        let body = json!({"key": "catalog/drinks/coffee.jpg", "filter": "shop=other"});
+        let r = send(&service, json_search(&body.to_string())).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(result_keys(&r.body).is_empty());
+
+        // Pages: offset with k, and the next page's offset while there may be more.
+        let page = |offset: usize| {
+            http(
+                "GET",
+                "/items/catalog%2Fcats%2Fchelsea.jpg/similar",
+                &format!("k=1&offset={offset}"),
+                None,
+                None,
+            )
+        };
+        let first = send(&service, page(0)).await;
+        assert_eq!(first.body["next_offset"], 1, "{}", first.body);
+        let second = send(&service, page(1)).await;
+        assert_eq!(second.body["next_offset"], 2);
+        let third = send(&service, page(2)).await;
+        assert!(result_keys(&third.body).is_empty());
+        assert!(third.body.get("next_offset").is_none());
+        let mut both = result_keys(&first.body);
+        both.extend(result_keys(&second.body));
+        let r = send(
+            &service,
+            http(
+                "GET",
+                "/items/catalog%2Fcats%2Fchelsea.jpg/similar",
+                "k=2&offset=0",
+                None,
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(result_keys(&r.body), both);
+
         // GET /items/{key}/similar, key URL-encoded (and with plain slashes too).
         let r = send(&service, event("http-similar.json", &env.bucket)).await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -336,6 +390,105 @@ fn every_endpoint_answers_from_the_events_files() {
             result_keys(&r.json_body()),
             vec!["catalog/space/rocket.jpg"]
         );
+    });
+}
+
+#[test]
+fn duplicates_are_the_variants_of_a_photo_and_not_the_other_photos() {
+    testkit::block_on(async {
+        let Some(env) = Env::new("duplicates").await else {
+            return;
+        };
+        // The three photos and four near-duplicates of each (re-encoded, halved, cropped,
+        // mirrored), in one commit.
+        let mut objects = Vec::new();
+        for (key, file) in FIXTURES {
+            let bytes = fixture(file);
+            for (kind, v) in testkit::variants::variants(&bytes) {
+                objects.push((key.replace(".jpg", &format!("-{kind}.jpg")), v));
+            }
+            objects.push((key.to_string(), bytes));
+        }
+        env.ingest(&objects).await;
+        let service = env.service();
+        let family = |key: &str| {
+            key.trim_end_matches(".jpg")
+                .split('-')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        for (key, _) in FIXTURES {
+            let path = format!("/items/{}/duplicates", key.replace('/', "%2F"));
+            // A loose threshold: all four variants, nothing else.
+            let r = send(&service, http("GET", &path, "min_score=0.8", None, None)).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let keys = result_keys(&r.body);
+            assert_eq!(keys.len(), 4, "{key}: {}", r.body["results"]);
+            assert!(
+                keys.iter().all(|k| family(k) == family(key)),
+                "{key}: {keys:?}"
+            );
+            assert!(r.body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["score"].as_f64().unwrap() >= 0.8));
+            assert_eq!(r.body["truncated"], false);
+            // The default threshold: some of them (BENCHMARKS.md: 82% of such pairs on
+            // clothing-small), and still nothing else.
+            let r = send(&service, http("GET", &path, "", None, None)).await;
+            let keys = result_keys(&r.body);
+            assert!(
+                !keys.is_empty(),
+                "{key}: no variant at the default threshold"
+            );
+            assert!(
+                keys.iter().all(|k| family(k) == family(key)),
+                "{key}: {keys:?}"
+            );
+        }
+        // An uploaded image: its own indexed copy is a duplicate too (nothing is left out).
+        let mut upload = image_event(&fixture("rocket.jpg"), "min_score=0.8");
+        upload["rawPath"] = json!("/duplicates");
+        upload["requestContext"]["http"]["path"] = json!("/duplicates");
+        let r = send(&service, upload).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let keys = result_keys(&r.body);
+        assert_eq!(keys.len(), 5, "{keys:?}");
+        assert_eq!(keys[0], "catalog/space/rocket.jpg");
+        // With k 2, the two best and the sign that more pass.
+        let body = json!({"key": "catalog/cats/chelsea.jpg", "min_score": 0.8, "k": 2});
+        let post = http(
+            "POST",
+            "/duplicates",
+            "",
+            Some("application/json"),
+            Some(json!(body.to_string())),
+        );
+        let r = send(&service, post).await;
+        assert_eq!(result_keys(&r.body).len(), 2);
+        assert_eq!(r.body["truncated"], true);
+        // Bad thresholds.
+        for q in [
+            "min_score=1.5",
+            "min_score=high",
+            "min_score=-2",
+            "min_score=NaN",
+        ] {
+            let r = send(
+                &service,
+                http(
+                    "GET",
+                    "/items/catalog%2Fcats%2Fchelsea.jpg/duplicates",
+                    q,
+                    None,
+                    None,
+                ),
+            )
+            .await;
+            assert_error(&r, 400, "bad_min_score");
+        }
     });
 }
 
@@ -444,6 +597,51 @@ fn every_bad_request_gets_its_json_error() {
         assert_eq!(
             send(&service, image_event(&jpeg, "k=100")).await.status,
             200
+        );
+        // Malformed filters name the problem; offsets past the deepest page are refused.
+        for (query, says) in [
+            ("filter=color", "expected an operator after color"),
+            ("filter=price%3Eten", "takes a number"),
+            ("filter=%7B%22a%22%3A", "not valid JSON"),
+            (
+                "filter=%7B%22a%22%3A%7B%22%24like%22%3A1%7D%7D",
+                "unknown operator $like",
+            ),
+        ] {
+            let r = send(&service, image_event(&jpeg, query)).await;
+            assert_error(&r, 400, "bad_filter");
+            assert!(
+                r.body["message"].as_str().unwrap().contains(says),
+                "{query}: {}",
+                r.body
+            );
+        }
+        let body = json!({"key": "catalog/cats/chelsea.jpg", "filter": {"price": {"$gt": "ten"}}});
+        assert_error(
+            &send(&service, json_search(&body.to_string())).await,
+            400,
+            "bad_filter",
+        );
+        let body = json!({"key": "catalog/cats/chelsea.jpg", "filter": [1]});
+        assert_error(
+            &send(&service, json_search(&body.to_string())).await,
+            400,
+            "bad_filter",
+        );
+        for query in [
+            "offset=-1",
+            "offset=x",
+            "offset=495&k=10",
+            "k=100&offset=401",
+        ] {
+            let r = send(&service, image_event(&jpeg, query)).await;
+            assert_error(&r, 400, "bad_offset");
+        }
+        let body = json!({"key": "catalog/cats/chelsea.jpg", "offset": 600});
+        assert_error(
+            &send(&service, json_search(&body.to_string())).await,
+            400,
+            "bad_offset",
         );
         // Unknown key, unknown route, wrong method.
         let r = send(

@@ -23,6 +23,7 @@ pub mod lambda;
 pub mod moto;
 pub mod serve;
 pub mod setup;
+pub mod variants;
 pub mod webdriver;
 
 use std::future::Future;
