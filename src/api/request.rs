@@ -244,7 +244,7 @@ impl ApiRequest {
                 "filter" if !value.trim().is_empty() => {
                     params.filter = Some(parse_filter_text(&value)?)
                 }
-                "offset" => offset = Some(parse_int("offset", &value)?),
+                "offset" => offset = Some(parse_int("offset", "bad_offset", &value)?),
                 "min_score" => params.min_score = Some(parse_min_score(&value)?),
                 _ => {}
             }
@@ -330,15 +330,16 @@ impl ApiRequest {
     }
 }
 
-fn parse_int(name: &'static str, value: &str) -> Result<i64, ApiError> {
-    let code = if name == "k" { "bad_k" } else { "bad_offset" };
+/// An integer parameter; the error `code` when it is not one.
+fn parse_int(name: &str, code: &'static str, value: &str) -> Result<i64, ApiError> {
     value.trim().parse().map_err(|_| {
         ApiError::bad_request(code, format!("{name} must be an integer, got {value:?}"))
     })
 }
 
 fn parse_k(value: &str) -> Result<usize, ApiError> {
-    check_k(parse_int("k", value)?).map_err(|e| ApiError::bad_request("bad_k", e.to_string()))
+    check_k(parse_int("k", "bad_k", value)?)
+        .map_err(|e| ApiError::bad_request("bad_k", e.to_string()))
 }
 
 /// What a duplicates route searches for unless told: up to 100 results at or above the
@@ -365,16 +366,10 @@ fn checked_offset(offset: i64, k: usize) -> Result<usize, ApiError> {
     check_offset(offset, k).map_err(|e| ApiError::bad_request("bad_offset", e.to_string()))
 }
 
-/// A filter of a query string: the compact form, or JSON when it starts with `{`.
+/// A filter given as text: the compact form, or JSON when it starts with `{`.
 fn parse_filter_text(text: &str) -> Result<filter::Filter, ApiError> {
-    let parsed = if text.trim_start().starts_with('{') {
-        serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|e| filter::FilterError(format!("the filter is not valid JSON: {e}")))
-            .and_then(|v| filter::json::parse(&v))
-    } else {
-        filter::text::parse(text)
-    };
-    parsed.map_err(|e| ApiError::bad_request("bad_filter", format!("bad filter: {e}")))
+    filter::text::parse_compact_or_json(text)
+        .map_err(|e| ApiError::bad_request("bad_filter", format!("bad filter: {e}")))
 }
 
 fn check_size(len: usize, max: usize) -> Result<(), ApiError> {

@@ -1,12 +1,11 @@
 //! `lookalike duplicates`: groups of near-duplicate images across the whole index.
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use lookalike::duplicates::{self, DEFAULT_NEIGHBOURS};
 use lookalike::query::DEFAULT_MIN_SCORE;
 
-use super::common::IndexLocation;
+use super::common::{image_bar, IndexLocation};
 
 #[derive(Debug, Args)]
 pub struct DuplicatesArgs {
@@ -33,14 +32,7 @@ pub async fn run(args: DuplicatesArgs) -> anyhow::Result<()> {
     }
     let index = args.location.open(None).await?;
     let snapshot = index.snapshot();
-    let bar = ProgressBar::new(snapshot.live_items());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} comparing [{bar:40}] {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = image_bar(snapshot.live_items(), "comparing");
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use lookalike::reindex::{ReindexError, Reindexer};
 
-use super::common::{open_source, IndexLocation, ModelLocation};
+use super::common::{image_bar, open_source, IndexLocation, ModelLocation};
 
 #[derive(Debug, Args)]
 pub struct ReindexArgs {
@@ -38,14 +37,7 @@ pub async fn run(args: ReindexArgs) -> anyhow::Result<()> {
         ..Reindexer::new(index.clone(), encoder)
     };
 
-    let bar = ProgressBar::new(index.snapshot().live_items());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} reindexing [{bar:40}] {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = image_bar(index.snapshot().live_items(), "reindexing");
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }

@@ -50,14 +50,9 @@ fn options(args: &QueryArgs) -> anyhow::Result<query::SearchOptions> {
     let k = query::check_k(args.k)?;
     let mut options = query::SearchOptions::top(k).in_category(args.category.as_deref());
     if let Some(text) = &args.filter {
-        let parsed = if text.trim_start().starts_with('{') {
-            let value: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| anyhow::anyhow!("--filter is not valid JSON: {e}"))?;
-            filter::json::parse(&value)
-        } else {
-            filter::text::parse(text)
-        };
-        options.filter = Some(parsed.map_err(|e| anyhow::anyhow!("bad --filter: {e}"))?);
+        let parsed = filter::text::parse_compact_or_json(text)
+            .map_err(|e| anyhow::anyhow!("bad --filter: {e}"))?;
+        options.filter = Some(parsed);
     }
     if let Some(offset) = args.offset {
         options.offset = Some(query::check_offset(offset, k)?);

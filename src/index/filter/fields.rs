@@ -27,17 +27,8 @@ impl FieldIndex {
         let mut out: Vec<FieldIndex> = fields.iter().map(|_| FieldIndex::default()).collect();
         for (id, rec) in records {
             for (field, index) in fields.iter().zip(out.iter_mut()) {
-                match field {
-                    Field::Category => {
-                        index.add(id, &serde_json::Value::String(rec.category.clone()))
-                    }
-                    Field::Metadata(name) => match rec.metadata.get(name) {
-                        Some(serde_json::Value::Array(items)) => {
-                            items.iter().for_each(|v| index.add(id, v))
-                        }
-                        Some(v) => index.add(id, v),
-                        None => {}
-                    },
+                for v in field.values_in(&rec.category, &rec.metadata) {
+                    index.add(id, &v);
                 }
             }
         }
@@ -96,16 +87,6 @@ impl FieldIndex {
     /// Items that have the field.
     pub fn present(&self) -> &RoaringBitmap {
         &self.present
-    }
-
-    /// Bytes held, roughly (for logs and the README's figures).
-    pub fn approx_bytes(&self) -> usize {
-        self.text
-            .iter()
-            .map(|(k, b)| k.len() + b.serialized_size() + 48)
-            .sum::<usize>()
-            + self.numbers.len() * 16
-            + self.present.serialized_size()
     }
 }
 

@@ -16,6 +16,8 @@ pub mod fields;
 pub mod json;
 pub mod text;
 
+use std::borrow::Cow;
+
 use roaring::RoaringBitmap;
 
 pub use fields::FieldIndex;
@@ -68,6 +70,25 @@ impl Field {
             "category" => Field::Category,
             _ => Field::Metadata(name.strip_prefix("metadata.").unwrap_or(name).to_string()),
         })
+    }
+}
+
+impl Field {
+    /// An item's values of this field: its category, or the metadata value (each element of
+    /// an array).
+    pub fn values_in<'a>(
+        &self,
+        category: &str,
+        metadata: &'a serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<Cow<'a, serde_json::Value>> {
+        match self {
+            Field::Category => vec![Cow::Owned(serde_json::Value::String(category.to_string()))],
+            Field::Metadata(name) => match metadata.get(name) {
+                Some(serde_json::Value::Array(items)) => items.iter().map(Cow::Borrowed).collect(),
+                Some(v) => vec![Cow::Borrowed(v)],
+                None => Vec::new(),
+            },
+        }
     }
 }
 
@@ -311,16 +332,7 @@ impl Filter {
         category: &str,
         metadata: &serde_json::Map<String, serde_json::Value>,
     ) -> bool {
-        let values = |f: &Field| -> Vec<serde_json::Value> {
-            match f {
-                Field::Category => vec![serde_json::Value::String(category.to_string())],
-                Field::Metadata(name) => match metadata.get(name) {
-                    Some(serde_json::Value::Array(items)) => items.clone(),
-                    Some(v) => vec![v.clone()],
-                    None => Vec::new(),
-                },
-            }
-        };
+        let values = |f: &Field| f.values_in(category, metadata);
         match self {
             Filter::Eq(f, v) => values(f).iter().any(|x| value_text(x).as_ref() == Some(v)),
             Filter::In(f, vs) => values(f)

@@ -39,6 +39,18 @@ pub fn parse(text: &str) -> Result<Filter, FilterError> {
     Ok(filter)
 }
 
+/// Parses a filter given as text (a query string, a command-line flag): the compact form, or
+/// the JSON form when it starts with `{`.
+pub fn parse_compact_or_json(text: &str) -> Result<Filter, FilterError> {
+    if text.trim_start().starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| FilterError(format!("the filter is not valid JSON: {e}")))?;
+        super::json::parse(&value)
+    } else {
+        parse(text)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
     /// A name or value, and whether it was quoted.
