@@ -16,11 +16,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use image::{ImageEncoder, RgbImage};
 use lookalike::model::encoder::Encoder;
 use lookalike::model::{Layout, ModelCard, ONNX_FILE};
@@ -300,81 +299,6 @@ fn sample_photos() -> Vec<(String, Vec<u8>)> {
         }
     }
     out
-}
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LOOKALIKE_BENCH_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = root().join(".venv/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    let ok = Command::new("python3")
-        .args(["-c", "import onnxruntime, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then(|| PathBuf::from("python3"))
-}
-
-fn run_ort(
-    onnx: &Path,
-    card: &ModelCard,
-    tensors: &[Vec<f32>],
-    cores: usize,
-    seconds: f64,
-) -> Result<Value> {
-    let Some(py) = python() else {
-        bail!("no Python with onnxruntime (run scripts/bootstrap-venv.sh)")
-    };
-    let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let inputs = dir.join("ort_inputs.f32");
-    let bytes: Vec<u8> = tensors
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    std::fs::write(&inputs, bytes)?;
-    let (w, h) = (card.input.width, card.input.height);
-    let shape = match card.input.layout {
-        Layout::Nchw => format!("3,{h},{w}"),
-        Layout::Nhwc => format!("{h},{w},3"),
-    };
-    let out = Command::new(&py)
-        .arg(root().join("tools/bench/ort_bench.py"))
-        .args(["--model", &onnx.display().to_string()])
-        .args(["--inputs", &inputs.display().to_string()])
-        .args([
-            "--shape",
-            &shape,
-            "--input-name",
-            &card.input.name,
-            "--output-name",
-            &card.output,
-        ])
-        .args([
-            "--threads",
-            &cores.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ])
-        .output()
-        .with_context(|| format!("running {}", py.display()))?;
-    if !out.status.success() {
-        bail!(
-            "ort_bench.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("no JSON from ort_bench.py")?;
-    Ok(serde_json::from_str(line)?)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -669,7 +593,7 @@ fn main() -> Result<()> {
     let ort = if std::env::var_os("LOOKALIKE_BENCH_NO_ORT").is_some() {
         None
     } else {
-        match run_ort(&onnx, &card, &tensors, cores, seconds) {
+        match testkit::ort::run(&root(), &onnx, &card, &tensors, cores, seconds) {
             Ok(v) => Some(v),
             Err(e) => {
                 println!("onnxruntime: skipped ({e:#})");

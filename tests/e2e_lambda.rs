@@ -393,3 +393,23 @@ fn every_documented_route_is_in_the_template() {
         }
     }
 }
+
+/// The functions' architecture is the template's `Architecture` parameter (arm64 by default,
+/// x86_64 allowed), and the model layer, which is data only, serves both.
+#[test]
+fn the_architecture_is_a_template_parameter() {
+    let template = std::fs::read_to_string(testkit::repo_root().join("template.yaml")).unwrap();
+    let parameter = template
+        .split("\n  Architecture:\n")
+        .nth(1)
+        .expect("no Architecture parameter in template.yaml");
+    let parameter = &parameter[..parameter.find("\n  ExistingImagesBucket:").unwrap()];
+    assert!(parameter.contains("Default: arm64"), "{parameter}");
+    assert!(
+        parameter.contains("AllowedValues: [arm64, x86_64]"),
+        "{parameter}"
+    );
+    assert!(template.contains("    Architectures: [!Ref Architecture]\n"));
+    assert!(!template.contains("Architectures: [arm64]"));
+    assert!(template.contains("CompatibleArchitectures: [arm64, x86_64]\n"));
+}

@@ -9,6 +9,13 @@
 //!    (`lookalike_query::init`: model, S3 client, snapshot sync from moto) and answers one query;
 //!    process start to answer, for 10k and 100k items.
 //! 3. A warm container after a new 10-item segment: what the next request downloads, how long.
+//! 4. onnxruntime's one-thread encode of the same query images (same ONNX, same preprocessed
+//!    tensors, in this run), and the ratios of the handler's end-to-end p50 and of tract's encode
+//!    to it.
+//! 5. Init alone: a new process runs `lookalike_query::init` (model load, S3 client) against an
+//!    empty index; process start to init done.
+//! 6. The function binaries' sizes as `cargo build --release` left them in the target folder
+//!    (stripped, LTO; the release profile in Cargo.toml), unzipped and gzip-compressed.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -58,11 +65,19 @@ fn search_event(jpeg: &[u8]) -> Value {
     ev
 }
 
-/// The child process of the cold-start measurement: the function's init, then one answer.
+/// The child process of the cold-start measurement: the function's init, then one answer (none
+/// when `event_file` is empty: the init-only measurement).
 async fn cold_start_child(event_file: &str) {
     let t = Instant::now();
     let config = lookalike_query::config::Config::from_env().unwrap();
     let (service, init) = lookalike_query::init(&config).await.unwrap();
+    if event_file.is_empty() {
+        println!(
+            "{}",
+            json!({"init": init, "in_process_ms": ms(t.elapsed())})
+        );
+        return;
+    }
     let event: Value = serde_json::from_str(&std::fs::read_to_string(event_file).unwrap()).unwrap();
     let q = Instant::now();
     let response = lookalike_query::handle(&service, event).await;
@@ -154,6 +169,7 @@ async fn main() {
     }
     let (mut dec, mut pre, mut enc, mut search) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let card = encoder.card().clone();
+    let mut tensors = Vec::new();
     for q in &queries {
         let t = Instant::now();
         let img =
@@ -165,6 +181,7 @@ async fn main() {
         let t = Instant::now();
         let v = encoder.encode_tensor(&tensor).unwrap();
         enc.push(ms(t.elapsed()));
+        tensors.push(tensor);
         let t = Instant::now();
         snapshot.search(&v, 10, None, None).unwrap();
         search.push(ms(t.elapsed()));
@@ -189,7 +206,32 @@ async fn main() {
         md += &format!("| {name} | {p50:.1} | {p99:.1} |\n");
     }
     let (p50, _) = rows[0].1;
-    md += &format!("\nEnd-to-end p50 **{p50:.1} ms** (goal: ≤ 30 ms).\n\n");
+    let (enc_p50, _) = rows[3].1;
+    md += &format!("\nEnd-to-end p50 **{p50:.1} ms**.\n\n");
+    // 4. onnxruntime on the same preprocessed query images, in this run.
+    let onnx = model_dir.join(lookalike::model::ONNX_FILE);
+    match testkit::ort::run(&repo_root(), &onnx, &card, &tensors, 1, 2.0) {
+        Ok(o) => {
+            let ort_ms = o["single_thread_ms_per_image"].as_f64().unwrap_or(f64::NAN);
+            let (e2e_x, enc_x) = (p50 / ort_ms, enc_p50 / ort_ms);
+            println!("onnxruntime one-thread encode: {ort_ms:.1} ms; end to end / ORT {e2e_x:.2}x, tract encode / ORT {enc_x:.2}x");
+            md += &format!(
+                "onnxruntime {} on the same ONNX and the same 50 preprocessed query images, one thread, in this run: \
+                 **{ort_ms:.1} ms** per image. End-to-end p50 / onnxruntime encode: **{e2e_x:.2}x** (target ≤ 2x); \
+                 tract encode / onnxruntime: **{enc_x:.2}x** (target ≤ 1.5x).\n\n",
+                o["onnxruntime"].as_str().unwrap_or("?")
+            );
+            report.insert(
+                "onnxruntime".into(),
+                json!({"version": o["onnxruntime"], "single_thread_ms_per_image": ort_ms,
+                       "end_to_end_over_ort": e2e_x, "encode_over_ort": enc_x}),
+            );
+        }
+        Err(e) => {
+            println!("onnxruntime: skipped ({e})");
+            md += &format!("onnxruntime: skipped ({e}).\n\n");
+        }
+    }
     report.insert(
         "warm".into(),
         rows.iter()
@@ -306,6 +348,61 @@ async fn main() {
     md += &md_new_segment;
     report.insert("cold_start".into(), cold.into());
 
+    // 5. Init alone (model load + S3 client; the index is empty), from process start.
+    let bucket = testkit::moto::unique_bucket("bench-init");
+    server.create_bucket(&bucket).await;
+    let mut inits = Vec::new();
+    let mut in_process = Vec::new();
+    let mut model_load = Vec::new();
+    for _ in 0..7 {
+        let cache = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, "")
+            .env("LOOKALIKE_INDEX", format!("s3://{bucket}/index"))
+            .env("LOOKALIKE_MODEL", &model_dir)
+            .env("LOOKALIKE_CACHE_DIR", cache.path())
+            .env("RUST_LOG", "warn")
+            .envs(server.env_vars())
+            .output()
+            .unwrap();
+        inits.push(ms(t.elapsed()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let child: Value = serde_json::from_slice(
+            out.stdout
+                .split(|b| *b == b'\n')
+                .find(|l| l.starts_with(b"{"))
+                .unwrap(),
+        )
+        .unwrap();
+        in_process.push(child["in_process_ms"].as_f64().unwrap());
+        model_load.push(child["init"]["model_ms"].as_f64().unwrap());
+    }
+    let cold_first = inits[0];
+    let (init_p50, _) = p50_p99(inits);
+    let (in_p50, _) = p50_p99(in_process);
+    let (model_p50, _) = p50_p99(model_load);
+    println!("init (empty index), process start to init done: p50 {init_p50:.0} ms over 7 processes (first {cold_first:.0}); in process {in_p50:.0} ms, model load {model_p50:.0} ms");
+    md += &format!(
+        "\nInit alone (`lookalike_query::init` against an empty index: model load and S3 client), from process \
+         start to init done, median of 7 new processes: **{init_p50:.0} ms** (the first {cold_first:.0} ms; \
+         {in_p50:.0} ms of it inside `main`, the model load {model_p50:.0} ms). Target ≤ 250 ms.\n"
+    );
+    report.insert(
+        "init".into(),
+        json!({"process_start_to_init_ms_p50": init_p50, "first_ms": cold_first,
+               "in_process_ms_p50": in_p50, "model_load_ms_p50": model_p50}),
+    );
+
+    // 6. The function binaries, as the last `cargo build --release` left them.
+    let (binaries, md_binaries) = binary_sizes();
+    md += &md_binaries;
+    report.insert("binaries".into(), binaries);
+
     publish(
         "query",
         "Query Lambda",
@@ -313,6 +410,55 @@ async fn main() {
         &report,
         &md,
     );
+}
+
+/// Sizes of the three function binaries in the release target folder (next to this bench's own
+/// `deps` folder): unzipped, and gzip -6 as an estimate of the zip that Lambda receives.
+fn binary_sizes() -> (Value, String) {
+    let exe = std::env::current_exe().unwrap();
+    let release = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let mut rows = Vec::new();
+    let mut md = String::from(
+        "\nFunction binaries (`cargo build --release -p lookalike-query -p lookalike-ingest -p lookalike-compact`: \
+         the release profile strips them and builds with fat LTO and one codegen unit), on this machine's \
+         target; target ≤ 30 MB each:\n\n| binary | MB | gzip MB | built |\n| --- | --- | --- | --- |\n",
+    );
+    for name in ["lookalike-query", "lookalike-ingest", "lookalike-compact"] {
+        let path = release.join(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            md += &format!("| {name} | not built | | |\n");
+            continue;
+        };
+        let gz = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("gzip -6 -c '{}' | wc -c", path.display()))
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+        let built = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .map(|age| format!("{:.1} h before this run", age.as_secs_f64() / 3600.0))
+            .unwrap_or_default();
+        let mb = meta.len() as f64 / 1e6;
+        let gz_mb = gz.map(|g| g as f64 / 1e6);
+        println!(
+            "{name}: {mb:.1} MB (gzip {:.1} MB)",
+            gz_mb.unwrap_or(f64::NAN)
+        );
+        md += &format!(
+            "| {name} | {mb:.1} | {} | {built} |\n",
+            gz_mb.map(|g| format!("{g:.1}")).unwrap_or_default()
+        );
+        rows.push(json!({"binary": name, "bytes": meta.len(), "gzip_bytes": gz}));
+    }
+    (rows.into(), md)
 }
 
 /// Bytes of the segment files in a cache folder.

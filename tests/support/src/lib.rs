@@ -9,6 +9,7 @@
 //! - [`http`]: a minimal HTTP/1.1 client; [`serve`]: `lookalike serve` as a child process;
 //!   [`webdriver`]: a headless Chromium driven over WebDriver.
 //! - [`format1`]: indexes in the first format, as older builds wrote them.
+//! - [`ort`]: onnxruntime as the benchmarks' reference encoder.
 //! - [`bench`](mod@bench): the benchmarks' photo set, synthetic embeddings, indexes, BENCHMARKS.md.
 
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod hostile;
 pub mod http;
 pub mod lambda;
 pub mod moto;
+pub mod ort;
 pub mod serve;
 pub mod setup;
 pub mod variants;
