@@ -264,29 +264,7 @@ async fn main() {
         let mb = index.snapshot().manifest.total_bytes() as f64 / 1e6;
         drop(index);
         let cache = tempfile::tempdir().unwrap();
-        let t = Instant::now();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(CHILD, &event_file)
-            .env("LOOKALIKE_INDEX", format!("s3://{bucket}/index"))
-            .env("LOOKALIKE_MODEL", &model_dir)
-            .env("LOOKALIKE_CACHE_DIR", cache.path())
-            .env("RUST_LOG", "warn")
-            .envs(server.env_vars())
-            .output()
-            .unwrap();
-        let total = ms(t.elapsed());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let child: Value = serde_json::from_slice(
-            out.stdout
-                .split(|b| *b == b'\n')
-                .find(|l| l.starts_with(b"{"))
-                .unwrap(),
-        )
-        .unwrap();
+        let (child, total) = run_child(&server, &event_file, &bucket, &model_dir, cache.path());
         assert_eq!(child["status"], 200);
         let (model_ms, sync_ms, first) = (
             child["init"]["model_ms"].as_f64().unwrap(),
@@ -356,29 +334,8 @@ async fn main() {
     let mut model_load = Vec::new();
     for _ in 0..7 {
         let cache = tempfile::tempdir().unwrap();
-        let t = Instant::now();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(CHILD, "")
-            .env("LOOKALIKE_INDEX", format!("s3://{bucket}/index"))
-            .env("LOOKALIKE_MODEL", &model_dir)
-            .env("LOOKALIKE_CACHE_DIR", cache.path())
-            .env("RUST_LOG", "warn")
-            .envs(server.env_vars())
-            .output()
-            .unwrap();
-        inits.push(ms(t.elapsed()));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let child: Value = serde_json::from_slice(
-            out.stdout
-                .split(|b| *b == b'\n')
-                .find(|l| l.starts_with(b"{"))
-                .unwrap(),
-        )
-        .unwrap();
+        let (child, total) = run_child(&server, Path::new(""), &bucket, &model_dir, cache.path());
+        inits.push(total);
         in_process.push(child["in_process_ms"].as_f64().unwrap());
         model_load.push(child["init"]["model_ms"].as_f64().unwrap());
     }
@@ -410,6 +367,42 @@ async fn main() {
         &report,
         &md,
     );
+}
+
+/// Runs this binary as the cold-start child (`event_file` empty: init only) against the index
+/// `s3://bucket/index` on the moto server; returns the child's JSON line and the wall time from
+/// spawning it to its exit, in ms.
+fn run_child(
+    server: &testkit::moto::MotoServer,
+    event_file: &Path,
+    bucket: &str,
+    model_dir: &Path,
+    cache: &Path,
+) -> (Value, f64) {
+    let t = Instant::now();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, event_file)
+        .env("LOOKALIKE_INDEX", format!("s3://{bucket}/index"))
+        .env("LOOKALIKE_MODEL", model_dir)
+        .env("LOOKALIKE_CACHE_DIR", cache)
+        .env("RUST_LOG", "warn")
+        .envs(server.env_vars())
+        .output()
+        .unwrap();
+    let total = ms(t.elapsed());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .find(|l| l.starts_with(b"{"))
+            .unwrap(),
+    )
+    .unwrap();
+    (child, total)
 }
 
 /// Sizes of the three function binaries in the release target folder (next to this bench's own
