@@ -422,6 +422,14 @@ fn binary_sizes() -> (Value, String) {
             md += &format!("| {name} | not built | | |\n");
             continue;
         };
+        // `cargo bench` links the functions with the bench profile into the same folder: a
+        // binary that still carries symbols or debug info is that build, not what is deployed.
+        if let Some(section) = unstripped_section(&path) {
+            println!("{name}: not a release build (it has {section}): run the release build first");
+            md += &format!("| {name} | not a release build (has {section}) | | |\n");
+            rows.push(json!({"binary": name, "bytes": meta.len(), "not_release": section}));
+            continue;
+        }
         let gz = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("gzip -6 -c '{}' | wc -c", path.display()))
@@ -452,6 +460,28 @@ fn binary_sizes() -> (Value, String) {
         rows.push(json!({"binary": name, "bytes": meta.len(), "gzip_bytes": gz}));
     }
     (rows.into(), md)
+}
+
+/// The first section of an ELF64 little-endian file that a stripped release build lacks
+/// (`.symtab`, `.debug_info` or `.debug_line`), or None if it has neither (or is not such a file).
+fn unstripped_section(path: &Path) -> Option<String> {
+    let elf = std::fs::read(path).ok()?;
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?) as usize);
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?) as usize);
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+    let header = |i: usize| shoff + i * shentsize;
+    let names = u64_at(header(shstrndx) + 0x18)?;
+    (0..shnum).find_map(|i| {
+        let start = names + u32_at(header(i))?;
+        let len = elf.get(start..)?.iter().position(|&b| b == 0)?;
+        let name = std::str::from_utf8(&elf[start..start + len]).ok()?;
+        matches!(name, ".symtab" | ".debug_info" | ".debug_line").then(|| name.to_string())
+    })
 }
 
 /// Bytes of the segment files in a cache folder.
