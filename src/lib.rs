@@ -5,6 +5,7 @@
 //! - [`config`]: typed settings from the environment (imports nothing from the crate).
 //! - [`digest`]: sha256 of bytes, readers and files (ETags, segment checksums).
 //! - [`task`]: CPU work off the async runtime, with a typed error for a failed task.
+//! - [`sdk`]: the AWS SDK's configuration: one HTTPS client (rustls on ring) for every client.
 //! - [`store`]: the object store (local directory or S3) that images and the index live in.
 //! - [`queue`]: the ingest queue (SQS): batched sends with retries, receives, counts.
 //! - [`preprocess`]: image decoding under limits and conversion to the encoder's input tensor.
@@ -44,6 +45,7 @@ pub mod query;
 pub mod queue;
 pub mod reindex;
 pub mod samples;
+pub mod sdk;
 pub mod server;
 pub mod status;
 pub mod store;

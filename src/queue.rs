@@ -51,7 +51,7 @@ pub struct Received {
 /// An SQS client from the standard AWS configuration (environment, profile, role;
 /// `AWS_ENDPOINT_URL` for a local server): one for all the queues a command uses.
 pub async fn client_from_env() -> aws_sdk_sqs::Client {
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let config = crate::sdk::load().await;
     aws_sdk_sqs::Client::new(&config)
 }
 

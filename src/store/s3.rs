@@ -128,7 +128,7 @@ impl S3Store {
                 "missing bucket name".into(),
             ));
         }
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let sdk = crate::sdk::load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&sdk);
         if sdk.region().is_none() {
             builder = builder.region(aws_sdk_s3::config::Region::new(FALLBACK_REGION));

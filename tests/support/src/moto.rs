@@ -37,6 +37,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct MotoServer {
     child: Option<Child>,
     port: u16,
+    /// Serves HTTPS on `https://localhost:PORT` ([`MotoServer::start_tls`]).
+    tls: bool,
     _log_dir: tempfile::TempDir,
 }
 
@@ -88,10 +90,22 @@ impl MotoServer {
     pub fn start() -> Result<MotoServer, String> {
         let exe = find_moto_server()
             .ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())?;
+        Self::start_with(&exe, None)
+    }
+
+    /// Start a server that speaks HTTPS only, with the certificate and key from
+    /// [`self_signed_cert`]: its [`endpoint`](Self::endpoint) is `https://localhost:PORT`.
+    pub fn start_tls(cert: &Path, key: &Path) -> Result<MotoServer, String> {
+        let exe = find_moto_server()
+            .ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())?;
+        Self::start_with(&exe, Some((cert, key)))
+    }
+
+    fn start_with(exe: &Path, tls: Option<(&Path, &Path)>) -> Result<MotoServer, String> {
         let mut last_err = String::new();
         // A free port can be taken by someone else between probing and moto's bind: retry.
         for _ in 0..3 {
-            match Self::start_once(&exe) {
+            match Self::start_once(exe, tls) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = e,
             }
@@ -128,14 +142,17 @@ impl MotoServer {
         server
     }
 
-    fn start_once(exe: &Path) -> Result<MotoServer, String> {
+    fn start_once(exe: &Path, tls: Option<(&Path, &Path)>) -> Result<MotoServer, String> {
         let port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
         let log_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log_path = log_dir.path().join("moto.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let mut cmd = serialized_command(exe);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--ssl-cert").arg(cert).arg("--ssl-key").arg(key);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .env_remove("AWS_ENDPOINT_URL")
@@ -157,6 +174,7 @@ impl MotoServer {
         let mut server = MotoServer {
             child: Some(child),
             port,
+            tls: tls.is_some(),
             _log_dir: log_dir,
         };
 
@@ -174,8 +192,9 @@ impl MotoServer {
                     read_tail(&log_path)
                 ));
             }
+            // A TLS server is ready once it accepts connections (the probe speaks plain HTTP).
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                && http_ok(addr)
+                && (server.tls || http_ok(addr))
             {
                 return Ok(server);
             }
@@ -194,9 +213,14 @@ impl MotoServer {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` for a TLS server: the name its
+    /// certificate is for).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("https://localhost:{}", self.port)
+        } else {
+            format!("http://127.0.0.1:{}", self.port)
+        }
     }
 
     /// A client for this server: path-style, us-east-1, static test credentials.
@@ -208,6 +232,7 @@ impl MotoServer {
     pub fn s3_config(&self) -> aws_sdk_s3::Config {
         aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(lookalike::sdk::http_client())
             .region(Region::new("us-east-1"))
             .credentials_provider(credentials())
             .endpoint_url(self.endpoint())
@@ -220,6 +245,7 @@ impl MotoServer {
         aws_sdk_sqs::Client::from_conf(
             aws_sdk_sqs::Config::builder()
                 .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .http_client(lookalike::sdk::http_client())
                 .region(Region::new("us-east-1"))
                 .credentials_provider(credentials())
                 .endpoint_url(self.endpoint())
@@ -329,25 +355,78 @@ sys.argv[0] = "moto_server"
 sys.exit(main())
 "#;
 
-/// `moto_server`'s own interpreter running [`SERIALIZED_MOTO`], found through the script's shebang
-/// line (`#!/path/to/python` or `#!/usr/bin/env python3`); `exe` itself if it is no Python script.
-fn serialized_command(exe: &Path) -> Command {
+/// Writes a self-signed certificate for `localhost` (RSA 2048, SHA-256, 1 day).
+const SELF_SIGNED_CERT: &str = r#"
+import sys, datetime
+from cryptography import x509
+from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    .public_key(key.public_key()).serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(minutes=5))
+    .not_valid_after(now + datetime.timedelta(days=1))
+    .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    .sign(key, hashes.SHA256()))
+open(sys.argv[1], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(sys.argv[2], "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+"#;
+
+/// A new self-signed certificate for `localhost` and its key, as PEM files `cert.pem` and
+/// `key.pem` in `dir`, made by `moto_server`'s own Python (moto depends on `cryptography`).
+pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let exe = find_moto_server()
+        .ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let mut cmd =
+        python_command(&exe).ok_or_else(|| format!("{} is not a Python script", exe.display()))?;
+    let out = cmd
+        .arg("-c")
+        .arg(SELF_SIGNED_CERT)
+        .arg(&cert)
+        .arg(&key)
+        .output()
+        .map_err(|e| format!("cannot run moto's Python: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "making a certificate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((cert, key))
+}
+
+/// `moto_server`'s own interpreter, found through the script's shebang line
+/// (`#!/path/to/python` or `#!/usr/bin/env python3`); `None` if it is no Python script.
+fn python_command(exe: &Path) -> Option<Command> {
     let shebang = std::fs::File::open(exe).ok().and_then(|f| {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(f).take(512), &mut line).ok()?;
         line.strip_prefix("#!").map(|l| l.trim().to_string())
-    });
-    let parts: Vec<&str> = shebang
-        .as_deref()
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    match parts.split_first() {
-        Some((program, args)) if parts.iter().any(|p| p.contains("python")) => {
-            let mut cmd = Command::new(program);
-            cmd.args(args).arg("-c").arg(SERIALIZED_MOTO);
+    })?;
+    let parts: Vec<&str> = shebang.split_whitespace().collect();
+    let (program, args) = parts.split_first()?;
+    parts.iter().any(|p| p.contains("python")).then(|| {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        cmd
+    })
+}
+
+/// `moto_server`'s own interpreter running [`SERIALIZED_MOTO`]; `exe` itself if it is no Python
+/// script.
+fn serialized_command(exe: &Path) -> Command {
+    match python_command(exe) {
+        Some(mut cmd) => {
+            cmd.arg("-c").arg(SERIALIZED_MOTO);
             cmd
         }
-        _ => Command::new(exe),
+        None => Command::new(exe),
     }
 }
 
@@ -357,6 +436,7 @@ pub fn unreachable_client() -> aws_sdk_s3::Client {
     let port = free_port().unwrap();
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(lookalike::sdk::http_client())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("t", "t", None, None, "t"))
         .endpoint_url(format!("http://127.0.0.1:{port}"))
