@@ -5,4 +5,6 @@
 # Extra arguments go to `lookalike demo` (e.g. --photos DIR, -k 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/cpu-baseline.sh
+. scripts/cpu-baseline.sh
 exec cargo run --quiet --bin lookalike -- demo "$@"

@@ -6,6 +6,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
+# shellcheck source=scripts/cpu-baseline.sh
+. scripts/cpu-baseline.sh
 bash scripts/bootstrap-venv.sh
 export PATH="$repo/.venv/bin:$PATH"
 # The S3 tests must run, not skip, whenever this script is used (CI included).
