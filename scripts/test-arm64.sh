@@ -11,6 +11,8 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+# shellcheck source=scripts/cpu-baseline.sh
+. scripts/cpu-baseline.sh
 bash scripts/bootstrap-venv.sh
 export PATH="$repo/.venv/bin:$PATH"
 export LOOKALIKE_MOTO_SERVER="$repo/.venv/bin/moto_server" LOOKALIKE_REQUIRE_MOTO=1 LOOKALIKE_REQUIRE_E2E=1
