@@ -6,28 +6,9 @@
 //! process, the first time a client connects), and the store is configured from the process
 //! environment, as the functions and the CLI configure theirs.
 
-use std::path::Path;
-
 use bytes::Bytes;
 use lookalike::store::{GetResult, ObjectStore, S3Store};
-use testkit::moto::{self_signed_cert, MotoServer};
-
-/// Start an HTTPS moto with a new certificate in `dir` (`None` after printing SKIPPED when moto
-/// is not installed, unless the test script requires it).
-fn start_tls(dir: &Path) -> Option<(MotoServer, std::path::PathBuf)> {
-    let required = matches!(
-        std::env::var("LOOKALIKE_REQUIRE_MOTO").as_deref(),
-        Ok("1" | "true" | "yes")
-    );
-    if testkit::moto::find_moto_server().is_none() && !required {
-        println!("SKIPPED: moto_server not found; run scripts/test.sh");
-        return None;
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = self_signed_cert(dir).unwrap_or_else(|e| panic!("{e}"));
-    let server = MotoServer::start_tls(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
-    Some((server, cert))
-}
+use testkit::moto::MotoServer;
 
 fn point_env_at(server: &MotoServer) {
     for (name, value) in server.env_vars() {
@@ -38,10 +19,10 @@ fn point_env_at(server: &MotoServer) {
 #[tokio::test]
 async fn s3_store_speaks_https_and_checks_the_certificate() {
     let dir = testkit::tempdir();
-    let Some((trusted, cert)) = start_tls(&dir.path().join("trusted")) else {
+    let Some((trusted, cert)) = MotoServer::start_tls_or_skip(&dir.path().join("trusted")) else {
         return;
     };
-    let Some((untrusted, _)) = start_tls(&dir.path().join("untrusted")) else {
+    let Some((untrusted, _)) = MotoServer::start_tls_or_skip(&dir.path().join("untrusted")) else {
         return;
     };
     assert!(trusted.endpoint().starts_with("https://localhost:"));

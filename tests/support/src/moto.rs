@@ -71,6 +71,11 @@ pub fn find_moto_server() -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
+/// [`find_moto_server`], or the error that says how to install it.
+fn moto_exe() -> Result<PathBuf, String> {
+    find_moto_server().ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata()
@@ -88,24 +93,35 @@ fn moto_required() -> bool {
 impl MotoServer {
     /// Start a server; `Err` with a reason when `moto_server` is not installed or fails to start.
     pub fn start() -> Result<MotoServer, String> {
-        let exe = find_moto_server()
-            .ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())?;
-        Self::start_with(&exe, None)
+        Self::start_with(None)
     }
 
     /// Start a server that speaks HTTPS only, with the certificate and key from
     /// [`self_signed_cert`]: its [`endpoint`](Self::endpoint) is `https://localhost:PORT`.
     pub fn start_tls(cert: &Path, key: &Path) -> Result<MotoServer, String> {
-        let exe = find_moto_server()
-            .ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())?;
-        Self::start_with(&exe, Some((cert, key)))
+        Self::start_with(Some((cert, key)))
     }
 
-    fn start_with(exe: &Path, tls: Option<(&Path, &Path)>) -> Result<MotoServer, String> {
+    /// [`start_tls`](Self::start_tls) with a new certificate written to `dir`, returned with the
+    /// server; or, like [`start_or_skip`](Self::start_or_skip), `None` after printing
+    /// `SKIPPED: ...` when moto is not installed (a panic when `LOOKALIKE_REQUIRE_MOTO=1`).
+    pub fn start_tls_or_skip(dir: &Path) -> Option<(MotoServer, PathBuf)> {
+        if find_moto_server().is_none() && !moto_required() {
+            println!("SKIPPED: moto_server not found; run scripts/test.sh");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let (cert, key) = self_signed_cert(dir).unwrap_or_else(|e| panic!("{e}"));
+        let server = Self::start_tls(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
+        Some((server, cert))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Result<MotoServer, String> {
+        let exe = moto_exe()?;
         let mut last_err = String::new();
         // A free port can be taken by someone else between probing and moto's bind: retry.
         for _ in 0..3 {
-            match Self::start_once(exe, tls) {
+            match Self::start_once(&exe, tls) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = e,
             }
@@ -380,8 +396,7 @@ open(sys.argv[2], "wb").write(key.private_bytes(serialization.Encoding.PEM,
 /// A new self-signed certificate for `localhost` and its key, as PEM files `cert.pem` and
 /// `key.pem` in `dir`, made by `moto_server`'s own Python (moto depends on `cryptography`).
 pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let exe = find_moto_server()
-        .ok_or_else(|| "moto_server not found; run scripts/test.sh".to_string())?;
+    let exe = moto_exe()?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let mut cmd =
         python_command(&exe).ok_or_else(|| format!("{} is not a Python script", exe.display()))?;
